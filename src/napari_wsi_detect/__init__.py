@@ -1,0 +1,29 @@
+"""napari-wsi-detect: whole-slide detection for napari and the command line.
+
+Public names are imported lazily so that `import napari_wsi_detect` stays fast and never
+imports torch, Qt or napari until they are needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "open_slide": "napari_wsi_detect.slide",
+    "Slide": "napari_wsi_detect.slide.base",
+    "detect_metastases": "napari_wsi_detect.api",
+    "detect_mitoses": "napari_wsi_detect.api",
+    "segment_tumour": "napari_wsi_detect.api",
+    "WsiDetectError": "napari_wsi_detect.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'napari_wsi_detect' has no attribute {name!r}")

@@ -1,0 +1,64 @@
+"""`wsi-detect` command line: thin wrappers over the package's functions.
+
+Each sub-command lives in `commands/<name>.py` with `register(subparsers)`, which adds
+its parser and sets `func`. Errors of the package's own types print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import WsiDetectError
+
+# Order is the order shown in --help.
+COMMAND_MODULES = [
+    "info",
+    "phantom",
+    "metastases",
+    "mitoses",
+    "tumour",
+    "evaluate",
+    "train",
+    "batch",
+    "bench",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-detect",
+        description="Whole-slide metastasis, mitosis and tumour detection.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"napari_wsi_detect.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"napari_wsi_detect.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except WsiDetectError as exc:
+        print(f"wsi-detect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsi-detect: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `wsi-detect` sub-command; see `cli.py`."""
