@@ -3,16 +3,35 @@
 Coordinate convention (used everywhere in the package): level-0 pixels, origin at the
 top-left corner of the top-left pixel, x to the right (columns), y down (rows). Arrays
 are (rows, cols, 3) = (y, x, rgb) uint8.
+
+A backend implements `_read_native(level, x, y, w, h)` for the levels stored in the file
+(same convention as `read_region`); this class adds synthetic levels (2x area-mean
+downsamples computed tile by tile, so nothing ever needs a whole level 0 in memory),
+argument checking, compositing helpers and the dask pyramid.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..errors import SlideReadError
+from ._cache import TileCache
+
+if TYPE_CHECKING:  # pragma: no cover
+    import dask.array as da
+
+# Add synthetic levels until the smallest level's longest side is below this, so a
+# viewer showing the whole slide never needs more than ~1 Mpx.
+SYNTHETIC_TARGET = 1024
+# Synthetic levels are computed and cached in aligned tiles of this size (level pixels).
+SYNTHETIC_TILE = 512
+_SYNTHETIC_CACHE_BYTES = 96 * 2**20
 
 
 @dataclass(frozen=True)
@@ -22,6 +41,7 @@ class Level:
     shape: tuple[int, int]
     downsample: float
     synthetic: bool = False  # True when we computed it (the file lacks it)
+    tile: tuple[int, int] | None = field(default=None, compare=False)  # native (h, w)
 
     @property
     def height(self) -> int:
@@ -42,11 +62,42 @@ class SlideInfo:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
-class Slide:
-    """An opened whole-slide image.
+def round_half_up(v: float) -> int:
+    """Python's round() is banker's rounding; coordinates want the usual rule."""
+    return int(math.floor(v + 0.5))
 
-    Subclasses implement `_read_native(level_index, x, y, w, h)` for native levels; this
-    base class adds synthetic levels, compositing, bounds handling and pyramids.
+
+def composite_on_white(arr: np.ndarray) -> np.ndarray:
+    """(h, w, 4) straight-alpha RGBA or (h, w, 3) RGB -> (h, w, 3) RGB on white."""
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 3:
+        return arr
+    rgb = arr[:, :, :3]
+    alpha = arr[:, :, 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[:, :, None].astype(np.uint16)
+    # Integer form of rgb*a + 255*(1-a), rounded: exact for a in {0, 255}.
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def synthetic_levels(native: list[Level], target: int = SYNTHETIC_TARGET) -> list[Level]:
+    """The 2x levels to add below the smallest native level (possibly none)."""
+    out: list[Level] = []
+    last = native[-1]
+    while max(last.shape) >= target:
+        h, w = last.shape
+        last = Level(((h + 1) // 2, (w + 1) // 2), last.downsample * 2.0, synthetic=True)
+        out.append(last)
+    return out
+
+
+class Slide:
+    """An opened whole-slide image (see the module docstring for conventions).
+
+    Reads are thread-safe: the engine calls `read_region` from several threads.
     """
 
     path: Path
@@ -54,27 +105,72 @@ class Slide:
     mpp: float | None
     objective_power: float | None
     vendor: str
+    properties: dict[str, Any]
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._closed = False
+        self._n_native = 0
+        self._synthetic_cache = TileCache(_SYNTHETIC_CACHE_BYTES)
+        self._pyramid: list[da.Array] | None = None
+        self.properties = {}
 
-    # -- to implement -----------------------------------------------------------
-    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Return the (h, w, 3) RGB uint8 region whose top-left is (x, y) *in level-0
-        pixels*, with w, h in pixels *of `level`*. Outside the slide reads as white."""
+    def _set_levels(self, native: list[Level]) -> None:
+        """Backends call this once with the file's own levels, largest first."""
+        self._n_native = len(native)
+        self.levels = list(native) + synthetic_levels(native)
+
+    # -- for backends -------------------------------------------------------------
+    def _read_native(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) RGB uint8 of native `level`; same convention as `read_region`."""
         raise NotImplementedError
 
     def associated_image(self, name: str) -> np.ndarray:
-        raise NotImplementedError
+        """An associated image (label, macro, thumbnail...) as (h, w, 3) RGB uint8."""
+        raise SlideReadError(
+            f"{self.path.name} has no associated image {name!r}; it has: "
+            f"{', '.join(self.associated_names) or 'none'}"
+        )
 
     @property
     def associated_names(self) -> list[str]:
         return []
 
-    def close(self) -> None:  # pragma: no cover - backends override
+    def _close_backend(self) -> None:
         pass
 
-    # -- shared -----------------------------------------------------------------
+    # -- public -------------------------------------------------------------------
+    @property
+    def native_level_count(self) -> int:
+        return self._n_native
+
+    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Return the (h, w, 3) RGB uint8 region whose top-left is (x, y) *in level-0
+        pixels*, with w, h in pixels *of `level`*. Outside the slide reads as white."""
+        if self._closed:
+            raise SlideReadError(f"{self.path.name} is closed")
+        if not 0 <= level < len(self.levels):
+            raise SlideReadError(
+                f"level {level} does not exist: {self.path.name} has levels 0..{len(self.levels) - 1}"
+            )
+        w, h = int(w), int(h)
+        if w < 0 or h < 0:
+            raise SlideReadError(f"negative region size {w}x{h}")
+        if w == 0 or h == 0:
+            return np.full((h, w, 3), 255, np.uint8)
+        if level < self._n_native:
+            return self._read_native(level, int(x), int(y), w, h)
+        ds = self.levels[level].downsample
+        return self._read_synthetic(level, round_half_up(x / ds), round_half_up(y / ds), w, h)
+
+    def pyramid(self) -> list[da.Array]:
+        """Lazy (H, W, 3) uint8 dask arrays, largest first; one read per chunk."""
+        if self._pyramid is None:
+            from .pyramid import build_pyramid
+
+            self._pyramid = build_pyramid(self)
+        return self._pyramid
+
     @property
     def dimensions(self) -> tuple[int, int]:
         """(width, height) of level 0, OpenSlide's order."""
@@ -88,8 +184,77 @@ class Slide:
                 best = i
         return best
 
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._synthetic_cache.clear()
+            self._close_backend()
+
     def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        shape = self.levels[0].shape if getattr(self, "levels", None) else "?"
+        return f"<{type(self).__name__} {getattr(self, 'path', '?')} {shape} mpp={getattr(self, 'mpp', None)}>"
+
+    # -- synthetic levels -----------------------------------------------------------
+    def _read_level_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        """Like read_region but with the origin in pixels of `level` itself."""
+        if level < self._n_native:
+            ds = self.levels[level].downsample
+            return self._read_native(level, round_half_up(lx * ds), round_half_up(ly * ds), w, h)
+        return self._read_synthetic(level, lx, ly, w, h)
+
+    def _read_synthetic(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        lh, lw = self.levels[level].shape
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, x1 = max(lx, 0), min(lx + w, lw)
+        y0, y1 = max(ly, 0), min(ly + h, lh)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        t = SYNTHETIC_TILE
+        for ty in range(y0 // t, (y1 - 1) // t + 1):
+            for tx in range(x0 // t, (x1 - 1) // t + 1):
+                tile = self._synthetic_tile(level, tx, ty)
+                # Intersection of the tile with the request, in level pixels.
+                ix0, iy0 = max(x0, tx * t), max(y0, ty * t)
+                ix1 = min(x1, tx * t + tile.shape[1])
+                iy1 = min(y1, ty * t + tile.shape[0])
+                out[iy0 - ly : iy1 - ly, ix0 - lx : ix1 - lx] = tile[
+                    iy0 - ty * t : iy1 - ty * t, ix0 - tx * t : ix1 - tx * t
+                ]
+        return out
+
+    def _synthetic_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
+        key = (level, tx, ty)
+        tile = self._synthetic_cache.get(key)
+        if tile is not None:
+            return tile
+        t = SYNTHETIC_TILE
+        lh, lw = self.levels[level].shape
+        th, tw = min(t, lh - ty * t), min(t, lw - tx * t)
+        sh, sw = self.levels[level - 1].shape
+        sx, sy = 2 * tx * t, 2 * ty * t
+        src = self._read_level_px(level - 1, sx, sy, 2 * tw, 2 * th)
+        tile = area_downsample_2x(src, valid_h=min(2 * th, sh - sy), valid_w=min(2 * tw, sw - sx))
+        self._synthetic_cache.put(key, tile)
+        return tile
+
+
+def area_downsample_2x(src: np.ndarray, valid_h: int, valid_w: int) -> np.ndarray:
+    """Mean of each 2x2 block of `src` (2h, 2w, 3), counting only the top-left
+    valid_h x valid_w pixels (the rest lies outside the slide), so odd-sized levels
+    do not fade to white along their last row and column."""
+    h2, w2 = src.shape[:2]
+    acc = np.zeros((h2, w2, 3), np.uint32)
+    acc[:valid_h, :valid_w] = src[:valid_h, :valid_w]
+    weight = np.zeros((h2, w2), np.uint32)
+    weight[:valid_h, :valid_w] = 1
+    sums = acc.reshape(h2 // 2, 2, w2 // 2, 2, 3).sum(axis=(1, 3))
+    counts = weight.reshape(h2 // 2, 2, w2 // 2, 2).sum(axis=(1, 3))[:, :, None]
+    return ((sums + counts // 2) // np.maximum(counts, 1)).astype(np.uint8)
