@@ -1,1 +1,34 @@
+"""Evaluation against ground truth: Camelyon16 FROC and slide AUC (`froc.py`, `auc.py`),
+figures (`plots.py`), and the readers that turn run folders / CSVs / masks /
+annotations into `SlideEval`s (`froc_io.py`).
 
+Names are imported lazily so `import napari_wsi_detect.evaluation` stays cheap; other
+evaluation modules (detection F1, segmentation Dice) add their names to `_LAZY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "EvaluationError": "napari_wsi_detect.evaluation.froc",
+    "SlideEval": "napari_wsi_detect.evaluation.froc",
+    "FrocResult": "napari_wsi_detect.evaluation.froc",
+    "compute_froc": "napari_wsi_detect.evaluation.froc",
+    "evaluation_mask_from_mask": "napari_wsi_detect.evaluation.froc",
+    "evaluation_mask_from_polygons": "napari_wsi_detect.evaluation.froc",
+    "RocResult": "napari_wsi_detect.evaluation.auc",
+    "slide_auc": "napari_wsi_detect.evaluation.auc",
+    "plot_froc": "napari_wsi_detect.evaluation.plots",
+    "load_detections": "napari_wsi_detect.evaluation.froc_io",
+    "load_truth": "napari_wsi_detect.evaluation.froc_io",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
