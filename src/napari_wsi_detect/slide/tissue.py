@@ -72,7 +72,9 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 from RGB or RGBA; transparent pixels read as white (like OpenSlide)."""
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise WsiDetectError(f"expected an (h, w, 3) RGB or (h, w, 4) RGBA image, got shape {a.shape}")
+        raise WsiDetectError(
+            f"expected an (h, w, 3) RGB or (h, w, 4) RGBA image, got shape {a.shape}"
+        )
     if a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.shape[2] == 4:
@@ -113,7 +115,9 @@ def pen_mask(rgb: np.ndarray, vote_px: int = 3) -> np.ndarray:
     mx = rgb.max(axis=2).astype(np.float32)
     mn = rgb.min(axis=2).astype(np.float32)
     gb_gap = np.abs(rgb[..., 1].astype(np.float32) - rgb[..., 2].astype(np.float32))
-    pure_red = (rgb[..., 0] == mx) & (mx - mn > _RED_PEN_MIN_SATURATION * mx) & (gb_gap < 0.35 * (mx - mn))
+    pure_red = (
+        (rgb[..., 0] == mx) & (mx - mn > _RED_PEN_MIN_SATURATION * mx) & (gb_gap < 0.35 * (mx - mn))
+    )
     sure = inked & ((rg > _SURE_OD_RED_OVER_GREEN) | (bg > _SURE_OD_BLUE_OVER_GREEN) | pure_red)
     maybe = inked & ((rg > _MAX_OD_RED_OVER_GREEN) | (bg > _MAX_OD_BLUE_OVER_GREEN))
     if vote_px > 1:
@@ -192,9 +196,7 @@ def tissue_mask_from_rgb(
             halo = 1 if mpp is None else max(1, int(round(_PEN_HALO_UM / mpp)))
             # Grow the pen by its blurred edge, but only into pixels that are pen-coloured
             # at a laxer level; plain tissue next to a marker line stays tissue.
-            pen = ndi.binary_dilation(pen, iterations=min(halo, 8)) & (
-                ~_clearly_he(rgb) | pen
-            )
+            pen = ndi.binary_dilation(pen, iterations=min(halo, 8)) & (~_clearly_he(rgb) | pen)
             mask &= ~pen
     if not mask.any():
         return mask
@@ -277,7 +279,10 @@ class TissueMask:
         bilinear interpolation of the summed-area table at fractional corners is exact.
         """
         return (
-            self._integral(x1, y1) - self._integral(x0, y1) - self._integral(x1, y0) + self._integral(x0, y0)
+            self._integral(x1, y1)
+            - self._integral(x0, y1)
+            - self._integral(x1, y0)
+            + self._integral(x0, y0)
         )
 
     def _integral(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -289,7 +294,7 @@ class TissueMask:
         fy = np.clip(y - j, 0.0, 1.0)
         s00, s01 = sat[j, i], sat[j, i + 1]
         s10, s11 = sat[j + 1, i], sat[j + 1, i + 1]
-        return (s00 * (1 - fx) * (1 - fy) + s01 * fx * (1 - fy) + s10 * (1 - fx) * fy + s11 * fx * fy)
+        return s00 * (1 - fx) * (1 - fy) + s01 * fx * (1 - fy) + s10 * (1 - fx) * fy + s11 * fx * fy
 
     def fractions(self, x, y, w, h) -> np.ndarray:
         """Vectorised `fraction` over arrays of level-0 rectangles."""
@@ -355,7 +360,11 @@ class TissueMask:
     def save(self, path: str | Path) -> Path:
         """Write as `.npz` (compact, exact) or `.png` (viewable; geometry in a text chunk)."""
         path = Path(path)
-        meta = {"downsample": self.downsample, "mpp": self.mpp, "slide_shape": list(self.slide_shape)}
+        meta = {
+            "downsample": self.downsample,
+            "mpp": self.mpp,
+            "slide_shape": list(self.slide_shape),
+        }
         tmp = path.with_name(path.name + ".part")
         if path.suffix.lower() == ".png":
             from PIL import Image, PngImagePlugin
@@ -384,7 +393,9 @@ class TissueMask:
                     mask = z["mask"]
                     meta = json.loads(str(z["meta"]))
         except (OSError, KeyError, ValueError) as exc:
-            raise WsiDetectError(f"{path} is not a tissue mask written by napari-wsi-detect ({exc})") from exc
+            raise WsiDetectError(
+                f"{path} is not a tissue mask written by napari-wsi-detect ({exc})"
+            ) from exc
         return cls(mask, meta["downsample"], meta.get("mpp"), tuple(meta["slide_shape"]))
 
 
@@ -447,7 +458,9 @@ def compute_tissue_mask(
     # Effective level-0 pixels per mask pixel (levels are rounded, so measure, not assume).
     downsample = factor * (w0 / lw + h0 / lh) / 2.0
     mask_mpp = slide.mpp * downsample if slide.mpp else None
-    mask = tissue_mask_from_rgb(small, mpp=mask_mpp, method=method, exclude_pen=exclude_pen, **options)
+    mask = tissue_mask_from_rgb(
+        small, mpp=mask_mpp, method=method, exclude_pen=exclude_pen, **options
+    )
     result = TissueMask(mask, downsample, slide.mpp, (h0, w0))
     if require_tissue:
         result.require_tissue(str(getattr(slide, "path", "the slide")))
