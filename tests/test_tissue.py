@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, shared_file
 
+from conftest import shared_file
 from napari_wsi_detect.errors import EmptyTissueError, WsiDetectError
 from napari_wsi_detect.slide.tissue import (
     TissueMask,
@@ -13,8 +13,6 @@ from napari_wsi_detect.slide.tissue import (
     pen_mask,
     tissue_mask_from_rgb,
 )
-
-TILES = SHARED_DATA / "tiles"
 
 
 def _tile(name: str) -> np.ndarray:
