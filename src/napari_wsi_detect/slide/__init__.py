@@ -85,8 +85,11 @@ def _check_tiff_complete(path: Path) -> None:
     common case (an incomplete copy) at open time with tifffile's cheap header scan."""
     import tifffile
 
-    from .sniff import file_size
+    from .sniff import file_size, tiff_truncation
 
+    why = tiff_truncation(path)
+    if why:
+        raise fail(path, why)
     try:
         with tifffile.TiffFile(str(path)) as tif:
             size = file_size(path)

@@ -230,6 +230,16 @@ class Slide:
                 ]
         return out
 
+    def _coverage(self, level: int, start: int, n: int, axis: int) -> np.ndarray:
+        """Fraction of a full pixel that pixels start..start+n-1 of `level` cover along
+        `axis` (0 rows, 1 columns), measured on level 0: 1 inside, less for a partial
+        last pixel, 0 beyond the slide."""
+        ds = self.levels[level].downsample
+        extent0 = self.levels[0].shape[axis]
+        i = np.arange(start, start + n, dtype=np.float64)
+        cover = (np.minimum((i + 1) * ds, extent0) - i * ds) / ds
+        return np.clip(cover, 0.0, 1.0).astype(np.float32)
+
     def _synthetic_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
         key = (level, tx, ty)
         tile = self._synthetic_cache.get(key)
@@ -238,23 +248,28 @@ class Slide:
         t = SYNTHETIC_TILE
         lh, lw = self.levels[level].shape
         th, tw = min(t, lh - ty * t), min(t, lw - tx * t)
-        sh, sw = self.levels[level - 1].shape
         sx, sy = 2 * tx * t, 2 * ty * t
         src = self._read_level_px(level - 1, sx, sy, 2 * tw, 2 * th)
-        tile = area_downsample_2x(src, valid_h=min(2 * th, sh - sy), valid_w=min(2 * tw, sw - sx))
+        tile = area_downsample_2x(
+            src,
+            self._coverage(level - 1, sy, 2 * th, axis=0),
+            self._coverage(level - 1, sx, 2 * tw, axis=1),
+        )
         self._synthetic_cache.put(key, tile)
         return tile
 
 
-def area_downsample_2x(src: np.ndarray, valid_h: int, valid_w: int) -> np.ndarray:
-    """Mean of each 2x2 block of `src` (2h, 2w, 3), counting only the top-left
-    valid_h x valid_w pixels (the rest lies outside the slide), so odd-sized levels
-    do not fade to white along their last row and column."""
+def area_downsample_2x(
+    src: np.ndarray, row_weight: np.ndarray, col_weight: np.ndarray
+) -> np.ndarray:
+    """Area mean of each 2x2 block of `src` (2h, 2w, 3). Each source row/column counts
+    with the fraction of a full pixel it really covers (0 outside the slide, less than 1
+    for a partial last row), so odd-sized levels neither fade to white along their last
+    row and column nor over-weight a half pixel."""
     h2, w2 = src.shape[:2]
-    acc = np.zeros((h2, w2, 3), np.uint32)
-    acc[:valid_h, :valid_w] = src[:valid_h, :valid_w]
-    weight = np.zeros((h2, w2), np.uint32)
-    weight[:valid_h, :valid_w] = 1
-    sums = acc.reshape(h2 // 2, 2, w2 // 2, 2, 3).sum(axis=(1, 3))
-    counts = weight.reshape(h2 // 2, 2, w2 // 2, 2).sum(axis=(1, 3))[:, :, None]
-    return ((sums + counts // 2) // np.maximum(counts, 1)).astype(np.uint8)
+    weighted = src.astype(np.float32) * row_weight[:, None, None] * col_weight[None, :, None]
+    sums = weighted.reshape(h2 // 2, 2, w2 // 2, 2, 3).sum(axis=(1, 3))
+    norm = row_weight.reshape(-1, 2).sum(1)[:, None] * col_weight.reshape(-1, 2).sum(1)[None, :]
+    out = sums / np.maximum(norm, 1e-6)[:, :, None]
+    out[norm <= 0] = 255.0
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

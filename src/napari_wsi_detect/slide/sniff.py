@@ -103,3 +103,46 @@ _NOUNS = {
 
 def file_size(path: Path) -> int:
     return os.stat(path).st_size
+
+
+def tiff_truncation(path: Path) -> str | None:
+    """Walk the TIFF directory chain; return why the file is truncated, or None.
+
+    tifffile only logs a directory that points past the end of the file and carries on
+    with the pages before it, so an incomplete copy would otherwise open as a smaller
+    slide (or fail later, tile by tile).
+    """
+    import struct
+
+    size = file_size(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 8:
+            return f"the file is only {size} bytes, shorter than a TIFF header"
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        if big:
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+            count_fmt, count_size, entry_size, next_fmt, next_size = "Q", 8, 20, "Q", 8
+        else:
+            offset = struct.unpack(order + "I", head[4:8])[0]
+            count_fmt, count_size, entry_size, next_fmt, next_size = "H", 2, 12, "I", 4
+        seen: set[int] = set()
+        while offset and offset not in seen and len(seen) < 100_000:
+            seen.add(offset)
+            if offset + count_size > size:
+                return (
+                    f"truncated TIFF: the file is {size} bytes but directory {len(seen)} "
+                    f"starts at byte {offset}; the copy is incomplete"
+                )
+            fh.seek(offset)
+            (count,) = struct.unpack(order + count_fmt, fh.read(count_size))
+            end = offset + count_size + count * entry_size + next_size
+            if end > size:
+                return (
+                    f"truncated TIFF: the file is {size} bytes but directory {len(seen)} "
+                    f"runs to byte {end}; the copy is incomplete"
+                )
+            fh.seek(offset + count_size + count * entry_size)
+            (offset,) = struct.unpack(order + next_fmt, fh.read(next_size))
+    return None

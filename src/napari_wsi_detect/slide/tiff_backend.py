@@ -22,7 +22,7 @@ import tifffile
 from ..errors import SlideOpenError, SlideReadError
 from ._cache import TileCache
 from .base import Level, Slide, composite_on_white
-from .sniff import fail, file_size
+from .sniff import fail, file_size, tiff_truncation
 
 _TILE_CACHE_BYTES = 64 * 2**20
 # A single strip/tile bigger than this would make every small read decode it whole.
@@ -229,6 +229,9 @@ class TiffSlide(Slide):
         self.path = Path(path)
         self._tile_cache = TileCache(_TILE_CACHE_BYTES)
         self._io_lock = threading.Lock()
+        why = tiff_truncation(self.path)
+        if why:
+            raise fail(self.path, why)
         try:
             self._tif = tifffile.TiffFile(str(path))
         except Exception as exc:  # tifffile raises many types on damaged headers
