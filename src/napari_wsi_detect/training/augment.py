@@ -1,0 +1,179 @@
+"""On-the-fly patch augmentation (METHODS §1 (5): shift, rotation, flip, scale, colour).
+
+Everything is numpy + PIL (no torch), so producer processes stay light, and every random
+number comes from the `numpy.random.Generator` passed in, drawn in a fixed order, so a
+patch is a pure function of (input, seed).
+
+Geometry is one resampling: the producer reads a context patch somewhat larger than the
+output (`context_size`), and a single affine map (small rotation · scale · centre shift)
+takes it to `out × out`, so the corners never show padding. 90° rotations and flips are
+exact array operations on the result.
+
+Colour: H&E stain jitter in optical-density space (Tellez et al. style: each stain's
+concentration scaled by 1 ± σ and shifted by ± b, with the Ruifrok–Johnston matrix or one
+estimated per patch by Macenko's method), then brightness, contrast, saturation and hue.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+# Ruifrok & Johnston (2001) optical-density vectors, as in skimage.color.rgb_from_hed:
+# haematoxylin, eosin, and a third (DAB) direction that completes the basis.
+RUIFROK_HED = np.array([[0.65, 0.70, 0.29],
+                        [0.07, 0.99, 0.11],
+                        [0.27, 0.57, 0.78]])
+RUIFROK_HED = RUIFROK_HED / np.linalg.norm(RUIFROK_HED, axis=1, keepdims=True)
+
+# RGB → YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114],
+                     [0.596, -0.274, -0.322],
+                     [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation strengths (0 switches one off)."""
+
+    max_shift: float = 8.0  # px: patch centre jitter
+    rotate90: bool = True  # random multiple of 90°
+    max_angle: float = 15.0  # degrees: extra arbitrary rotation in ±max_angle
+    flip: bool = True  # horizontal / vertical flips
+    scale: float = 0.10  # zoom in [1 − s, 1 + s]
+    brightness: float = 0.10  # × [1 − b, 1 + b]
+    contrast: float = 0.10
+    saturation: float = 0.10
+    hue: float = 0.02  # fraction of a full hue turn
+    stain_sigma: float = 0.05  # H and E concentrations × [1 − σ, 1 + σ]
+    stain_bias: float = 0.05  # ... + [−b, b] (optical density units)
+    stain_matrix: str = "ruifrok"  # or "macenko" (estimated per patch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def context_size(cfg: AugmentConfig, out: int) -> int:
+    """Side of the context patch to read so that shift + rotation + zoom-out never sample
+    outside it."""
+    theta = math.radians(min(abs(cfg.max_angle), 45.0))
+    spread = math.cos(theta) + math.sin(theta)  # bounding box of a rotated square
+    zoom_out = 1.0 / max(1.0 - abs(cfg.scale), 0.5)
+    side = out * spread * zoom_out + 2 * abs(cfg.max_shift) + 4
+    return int(math.ceil(side / 2.0)) * 2
+
+
+def crop_centre(img: np.ndarray, out: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = (h - out) // 2, (w - out) // 2
+    return img[top:top + out, left:left + out]
+
+
+def _geometric(img: np.ndarray, out: int, angle_deg: float, zoom: float,
+               shift: tuple[float, float]) -> np.ndarray:
+    """Output pixel (u, v) samples input at centre_in + R(θ)·((u, v) − centre_out)/zoom."""
+    h, w = img.shape[:2]
+    if angle_deg == 0 and zoom == 1 and shift == (0.0, 0.0):
+        return np.ascontiguousarray(crop_centre(img, out))
+    t = math.radians(angle_deg)
+    c, s = math.cos(t) / zoom, math.sin(t) / zoom
+    cx_in, cy_in = w / 2.0 + shift[0], h / 2.0 + shift[1]  # continuous-coordinate centres
+    co = out / 2.0
+    # PIL: input (x, y) = (a·X + b·Y + c0, d·X + e·Y + f0) for output (X, Y), continuous
+    # coordinates with pixel centres at +0.5 on both sides.
+    data = (c, -s, cx_in - c * co + s * co, s, c, cy_in - s * co - c * co)
+    res = Image.fromarray(img).transform((out, out), Image.Transform.AFFINE, data,
+                                         resample=Image.Resampling.BILINEAR)
+    return np.asarray(res)
+
+
+def macenko_stain_matrix(rgb: np.ndarray, beta: float = 0.15, alpha: float = 1.0
+                         ) -> np.ndarray | None:
+    """Macenko et al. (2009) H&E optical-density vectors of an image (3×3, rows H, E,
+    residual), or None when there is too little stained tissue to estimate them."""
+    od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 256.0)
+    od = od[np.all(od > beta, axis=1)]
+    if len(od) < 100:
+        return None
+    _, vecs = np.linalg.eigh(np.cov(od.T))
+    plane = vecs[:, 1:3]  # the two largest eigenvectors span the stain plane
+    proj = od @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
+    v1 = plane @ np.array([math.cos(lo), math.sin(lo)])
+    v2 = plane @ np.array([math.cos(hi), math.sin(hi)])
+    v1 *= np.sign(v1.sum()) or 1.0
+    v2 *= np.sign(v2.sum()) or 1.0
+    # Haematoxylin is the bluer one (larger red-channel OD).
+    h, e = (v1, v2) if v1[0] > v2[0] else (v2, v1)
+    third = np.cross(h, e)
+    if np.linalg.norm(third) < 1e-6:
+        return None
+    third = np.abs(third)
+    m = np.stack([h, e, third])
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def stain_jitter(img: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
+                 matrix: np.ndarray = RUIFROK_HED) -> np.ndarray:
+    """Scale and shift the H and E concentrations of a float RGB image in [0, 255]."""
+    od = -np.log((img.reshape(-1, 3) + 1.0) / 256.0)
+    conc = od @ np.linalg.pinv(matrix)
+    conc[:, :2] = conc[:, :2] * alpha + bias
+    od2 = conc @ matrix
+    return (256.0 * np.exp(-od2) - 1.0).reshape(img.shape)
+
+
+def colour_jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float,
+                  hue: float) -> np.ndarray:
+    """Brightness, contrast, saturation factors and a hue turn on float RGB in [0, 255]."""
+    x = img * brightness
+    mean = float((x @ _LUMA).mean())
+    x = (x - mean) * contrast + mean
+    grey = (x @ _LUMA)[..., None]
+    x = (x - grey) * saturation + grey
+    if hue:
+        t = 2 * math.pi * hue
+        rot = np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
+        x = x @ (_YIQ2RGB @ rot @ _RGB2YIQ).T
+    return x
+
+
+def augment(context: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+            out: int) -> np.ndarray:
+    """Augment a (S, S, 3) uint8 context patch (S ≥ `context_size(cfg, out)`) into an
+    (out, out, 3) uint8 patch. Deterministic given the generator's state."""
+    # Draw every parameter first, always in the same order, whatever is switched off.
+    k90 = int(rng.integers(4))
+    flip_h, flip_v = (rng.random(2) < 0.5).tolist()
+    angle = float(rng.uniform(-1, 1)) * cfg.max_angle
+    zoom = 1.0 + float(rng.uniform(-1, 1)) * cfg.scale
+    shift = tuple(float(v) for v in rng.uniform(-1, 1, 2) * cfg.max_shift)
+    s_alpha = 1.0 + rng.uniform(-1, 1, 2) * cfg.stain_sigma
+    s_bias = rng.uniform(-1, 1, 2) * cfg.stain_bias
+    b, c, s = 1.0 + rng.uniform(-1, 1, 3) * np.array(
+        [cfg.brightness, cfg.contrast, cfg.saturation])
+    h = float(rng.uniform(-1, 1)) * cfg.hue
+
+    img = _geometric(np.ascontiguousarray(context[..., :3]), out, angle, zoom, shift)
+    if cfg.rotate90 and k90:
+        img = np.rot90(img, k90)
+    if cfg.flip and flip_h:
+        img = img[:, ::-1]
+    if cfg.flip and flip_v:
+        img = img[::-1]
+    x = img.astype(np.float32)
+    if cfg.stain_sigma or cfg.stain_bias:
+        matrix = RUIFROK_HED
+        if cfg.stain_matrix == "macenko":
+            est = macenko_stain_matrix(img)
+            matrix = est if est is not None else RUIFROK_HED
+        x = stain_jitter(x, s_alpha, s_bias, matrix)
+    if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
+        x = colour_jitter(x, float(b), float(c), float(s), h)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
