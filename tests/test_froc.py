@@ -206,9 +206,12 @@ def _brute_grown_major_axis(mask: np.ndarray) -> float:
     return 4 * np.sqrt(np.linalg.eigvalsh(cov).max())
 
 
-@pytest.mark.parametrize("side, expect_itc", [(1, True), (16, True), (28, False), (40, False)])
+@pytest.mark.parametrize(
+    "side, expect_itc", [(1, True), (16, True), (22, True), (23, False), (40, False)]
+)
 def test_itc_by_major_axis_of_the_grown_lesion(side, expect_itc):
-    # Square of side s grown by ~4.8 px: major axis ~ 1.155·(s + 9.6) px vs 35.37 px.
+    # Square of side s grown by ~4.8 px: major axis ~ 1.155·(s + 9.6) px vs 35.37 px;
+    # 22 -> 34.2 px (ITC), 23 -> 35.39 px (not: just above 35.37).
     mask = np.zeros((80, 80), np.uint8)
     mask[20:20 + side, 20:20 + side] = 1
     labels, itc = evaluation_mask_from_mask(mask)
@@ -448,3 +451,64 @@ def test_slide_ids_from_file_names():
     assert slide_id_from_path("Tumor_001.xml") == "Tumor_001"
     assert slide_id_from_path("a.b.geojson.gz") == "a.b"
     assert slide_id_from_path("Normal_017.csv") == "Normal_017"
+
+
+def test_truth_from_xml_geojson_and_pyramid_mask(tmp_path):
+    import tifffile
+
+    from napari_wsi_detect.evaluation.froc_io import load_truth, load_truth_file
+
+    s = 40 * DS  # a 40 px (311 µm) square at (10, 10) px, in level-0 px
+    ring = [[10 * DS, 10 * DS], [10 * DS + s, 10 * DS], [10 * DS + s, 10 * DS + s],
+            [10 * DS, 10 * DS + s]]
+    coords = "".join(f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (x, y) in
+                     enumerate(ring))
+    (tmp_path / "Tumor_042.xml").write_text(
+        '<ASAP_Annotations><Annotations><Annotation Name="a" Type="Polygon" '
+        f'PartOfGroup="_0"><Coordinates>{coords}</Coordinates></Annotation>'
+        "</Annotations></ASAP_Annotations>")
+    t = load_truth_file(tmp_path / "Tumor_042.xml")
+    assert t.slide_id == "Tumor_042" and t.is_tumour and t.n_lesions == 1
+    assert t.evaluation_mask[30, 30] == 1 and t.evaluation_mask[5, 5] == 0
+
+    # GeoJSON: a Tumor polygon with a hole (filled again) and an "Other" polygon (ignored).
+    far = [[p[0] + 100 * DS, p[1]] for p in ring]
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+         "properties": {"classification": {"name": "Tumor", "color": [200, 0, 0]}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [far + far[:1]]},
+         "properties": {"classification": {"name": "Other", "color": [0, 0, 200]}}},
+    ]}
+    (tmp_path / "gj.geojson").write_text(json.dumps(fc))
+    t = load_truth_file(tmp_path / "gj.geojson")
+    assert t.is_tumour and t.n_lesions == 1 and t.evaluation_mask.max() == 1
+
+    # Pyramidal mask: only the level at downsample 32 is read.
+    base = np.zeros((64 * DS, 64 * DS), np.uint8)
+    base[10 * DS:50 * DS, 10 * DS:50 * DS] = 255
+    with tifffile.TiffWriter(tmp_path / "Tumor_043_Mask.tif") as w:
+        w.write(base, subifds=1, tile=(256, 256))
+        w.write(base[::DS, ::DS], subfiletype=1)
+    (tmp_path / "Tumor_043.tif").write_bytes(b"not a mask: the slide itself is ignored")
+    truths = {t.slide_id: t for t in load_truth([tmp_path])}
+    assert set(truths) == {"Tumor_042", "Tumor_043", "gj"}
+    m = truths["Tumor_043"].evaluation_mask
+    assert m.shape == (64, 64) and truths["Tumor_043"].n_lesions == 1
+
+
+def test_normal_truth_and_listed_normal_with_tumour_is_an_error(tmp_path):
+    from napari_wsi_detect.evaluation.froc_io import (
+        DetectionSet,
+        load_truth_file,
+        match_slides,
+    )
+
+    t = load_truth_file(shared_file("annotations/camelyon16-ncrf-json/Normal_017.json"))
+    assert not t.is_tumour and t.evaluation_mask is None
+    tumour = load_truth_file(shared_file("annotations/camelyon16-ncrf-json/Tumor_001.json"))
+    d = [DetectionSet("tumor_001", np.zeros((0, 3)), tmp_path)]
+    with pytest.raises(EvaluationError, match="listed as normal"):
+        match_slides(d, [tumour], normal_ids=["Tumor_001"])
+    m = match_slides(d, [tumour, t])
+    assert m.slide_labels == [True] and m.slide_scores == [0.0]
+    assert any("Normal_017" in w for w in m.warnings)
