@@ -23,8 +23,10 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "napari-wsi-detect"
 
 
-def phantom_path(seed: int = PHANTOM_SEED, size: tuple[int, int] = PHANTOM_SIZE) -> Path:
+def phantom_path(seed: int | None = None, size: tuple[int, int] | None = None) -> Path:
     """Path of the cached phantom, writing it first if needed (atomically)."""
+    seed = PHANTOM_SEED if seed is None else seed
+    size = PHANTOM_SIZE if size is None else tuple(size)
     out = cache_dir() / f"phantom-lymph-node-seed{seed}-{size[0]}x{size[1]}.tif"
     if out.exists():
         return out
