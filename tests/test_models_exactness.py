@@ -92,6 +92,8 @@ def test_dense_equals_patchwise_sampled_patches(small_model, image, alpha):
 
 @pytest.mark.parametrize("alpha", [1, 2, 4, 8])
 def test_dense_equals_shift_and_stitch(small_model, image, alpha):
+    if alpha == 8:  # 64 FCN runs: a smaller (still non-square) input keeps it fast
+        image = image[:1, :, : input_size(11, 8), : input_size(14, 8)]
     with torch.no_grad():
         dense = densify(small_model, alpha)(image)
     stitched = shift_and_stitch(small_model, image, alpha)
