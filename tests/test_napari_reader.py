@@ -21,11 +21,22 @@ def _has_display() -> bool:
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
+def viewer(request):
+    # Check before napari's fixture runs: creating a QApplication with no display aborts.
     if not _has_display():
         pytest.skip("no display: run GUI tests under xvfb-run (scripts/run.sh test does)")
+    make_napari_viewer = request.getfixturevalue("make_napari_viewer")
     # Shown: a hidden canvas under Xvfb draws nothing, so screenshots would be black.
     return make_napari_viewer(show=True)
+
+
+def _process_events(ms: int) -> None:
+    from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+    timer = QElapsedTimer()
+    timer.start()
+    while timer.elapsed() < ms:
+        QCoreApplication.processEvents()
 
 
 # -- reader contract, no viewer needed ---------------------------------------------------
@@ -60,7 +71,7 @@ def test_manifest_is_valid() -> None:
 
 # -- in the viewer --------------------------------------------------------------------------
 @pytest.mark.gui
-def test_open_cmu_shows_tissue_in_micrometres(viewer, qtbot) -> None:
+def test_open_cmu_shows_tissue_in_micrometres(viewer) -> None:
     layers = viewer.open(str(shared_file(CMU)), plugin="napari-wsi-detect")
     assert len(layers) == 1 and len(viewer.layers) == 1
     layer = layers[0]
@@ -69,7 +80,7 @@ def test_open_cmu_shows_tissue_in_micrometres(viewer, qtbot) -> None:
     assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     assert layer.name == "cmu-1-small-region"
     viewer.reset_view()
-    qtbot.wait(200)  # let the multiscale tiles for this view load and draw
+    _process_events(200)  # let the multiscale tiles for this view load and draw
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     assert shot.std() > 20, "the canvas is blank"
     r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
