@@ -469,7 +469,13 @@ def test_truth_from_xml_geojson_and_pyramid_mask(tmp_path):
         "</Annotations></ASAP_Annotations>")
     t = load_truth_file(tmp_path / "Tumor_042.xml")
     assert t.slide_id == "Tumor_042" and t.is_tumour and t.n_lesions == 1
-    assert t.evaluation_mask[30, 30] == 1 and t.evaluation_mask[5, 5] == 0
+    # Stored cropped to the grown lesion: rows/cols 10..49 grown by 4 px -> 6..53.
+    assert t.mask_offset == (6, 6) and t.evaluation_mask.shape == (48, 48)
+    r = compute_froc([SlideEval("x", det((0.9, 30, 30), (0.5, 5, 5), (0.4, 53, 30)), True,
+                                t.evaluation_mask, t.itc_labels, mask_offset=t.mask_offset),
+                      normal("n")])
+    assert r.slides[0].lesion_scores == pytest.approx([0.9]) and r.slides[0].n_fp == 1
+    assert r.slides[0].n_extra_hits == 1  # (53, 30): 4 px off the edge, inside the growth
 
     # GeoJSON: a Tumor polygon with a hole (filled again) and an "Other" polygon (ignored).
     far = [[p[0] + 100 * DS, p[1]] for p in ring]
@@ -493,7 +499,8 @@ def test_truth_from_xml_geojson_and_pyramid_mask(tmp_path):
     truths = {t.slide_id: t for t in load_truth([tmp_path])}
     assert set(truths) == {"Tumor_042", "Tumor_043", "gj"}
     m = truths["Tumor_043"].evaluation_mask
-    assert m.shape == (64, 64) and truths["Tumor_043"].n_lesions == 1
+    assert m.shape == (48, 48) and truths["Tumor_043"].mask_offset == (6, 6)
+    assert truths["Tumor_043"].n_lesions == 1
 
 
 def test_normal_truth_and_listed_normal_with_tumour_is_an_error(tmp_path):

@@ -230,6 +230,9 @@ class SlideEval:
     evaluation_mask: np.ndarray | None = None
     itc_labels: Sequence[int] = ()
     downsample: int = EVALUATION_DOWNSAMPLE
+    # (row, col) of evaluation_mask[0, 0] in the full level-5 mask: masks may be cropped
+    # to their lesions so that hundreds of slides fit in memory (see `crop_to_lesions`).
+    mask_offset: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         det = np.asarray(self.detections, dtype=float).reshape(-1, 3) if len(
@@ -305,14 +308,29 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def crop_to_lesions(labels: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """(smallest sub-array holding every label, its (row, col) offset), in uint16 when the
+    labels fit: a full Camelyon level-5 mask is ~3000 x 7000 px, its lesions far less."""
+    if not labels.any():
+        return np.zeros((0, 0), np.uint16), (0, 0)
+    rows = np.flatnonzero(labels.any(axis=1))
+    cols = np.flatnonzero(labels.any(axis=0))
+    crop = labels[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    dtype = np.uint16 if crop.max() < 2**16 else np.int32
+    return np.ascontiguousarray(crop, dtype=dtype), (int(rows[0]), int(cols[0]))
+
+
 def detection_labels(
-    detections: np.ndarray, evaluation_mask: np.ndarray, downsample: int = 32
+    detections: np.ndarray,
+    evaluation_mask: np.ndarray,
+    downsample: int = 32,
+    mask_offset: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Label under each detection: mask[y // ds, x // ds], 0 outside the mask."""
     det = np.asarray(detections, dtype=float).reshape(-1, 3)
     # Coordinates are integers in the official CSVs (`int()`); floor handles floats.
-    cols = np.floor(det[:, 1]).astype(np.int64) // downsample
-    rows = np.floor(det[:, 2]).astype(np.int64) // downsample
+    cols = np.floor(det[:, 1]).astype(np.int64) // downsample - mask_offset[1]
+    rows = np.floor(det[:, 2]).astype(np.int64) // downsample - mask_offset[0]
     h, w = evaluation_mask.shape
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     out = np.zeros(len(det), dtype=np.int64)
@@ -339,7 +357,8 @@ def _score_slide(slide: SlideEval) -> tuple[list[float], np.ndarray, SlideOutcom
     hit = np.zeros(max_label, dtype=bool)
     fp: list[float] = []
     n_itc_hits = n_extra = 0
-    for p, label in zip(probs, detection_labels(slide.detections, mask, slide.downsample),
+    for p, label in zip(probs, detection_labels(slide.detections, mask, slide.downsample,
+                                                slide.mask_offset),
                         strict=True):
         if label == 0:
             fp.append(float(p))

@@ -39,6 +39,7 @@ from .froc import (
     L0_RESOLUTION,
     EvaluationError,
     SlideEval,
+    crop_to_lesions,
     evaluation_mask_from_mask,
     evaluation_mask_from_polygons,
 )
@@ -251,6 +252,7 @@ class SlideTruth:
     evaluation_mask: np.ndarray | None  # labels at downsample 32 (None for normal)
     itc_labels: list[int]
     source: Path
+    mask_offset: tuple[int, int] = (0, 0)  # of evaluation_mask in the level-5 frame
 
     @property
     def n_lesions(self) -> int:
@@ -375,7 +377,8 @@ def load_truth_file(path: str | os.PathLike, level0_mpp: float = L0_RESOLUTION) 
         )
     if labels.max() == 0:
         return SlideTruth(slide_id, False, None, [], path)
-    return SlideTruth(slide_id, True, labels, itc, path)
+    cropped, offset = crop_to_lesions(labels)
+    return SlideTruth(slide_id, True, cropped, itc, path, offset)
 
 
 # Preference when one folder holds several truths of one slide: the mask is what the
@@ -472,7 +475,8 @@ def match_slides(
             )
         if truth is not None and truth.is_tumour:
             slides.append(SlideEval(d.slide_id, d.detections, True,
-                                    truth.evaluation_mask, truth.itc_labels))
+                                    truth.evaluation_mask, truth.itc_labels,
+                                    mask_offset=truth.mask_offset))
         elif truth is not None or key in normal or unmatched_are_normal:
             slides.append(SlideEval(d.slide_id, d.detections, False))
         else:

@@ -33,8 +33,12 @@ def plot_froc(
             drawstyle="default", label="FROC")
     ax.plot(froc.eval_fp_rates, froc.sensitivities, "o", color="tab:red",
             label="interpolated at 1/4 … 8 FP/slide")
+    xmax = max(8.0, float(froc.fp_per_slide.max(initial=0.0))) * 1.1
+    # np.interp holds the last sensitivity beyond the curve's largest FP rate: show it.
+    ax.plot([froc.fp_per_slide[0], xmax], [froc.sensitivity[0]] * 2, "--",
+            color="tab:blue", alpha=0.5, label="held constant (np.interp)")
     ax.set_xscale("symlog", linthresh=0.25)
-    ax.set_xlim(0, max(8.0, float(froc.fp_per_slide.max(initial=0.0))) * 1.1)
+    ax.set_xlim(0, xmax)
     ax.set_xticks([0, 0.25, 0.5, 1, 2, 4, 8])
     ax.set_xticklabels(["0", "¼", "½", "1", "2", "4", "8"])
     ax.set_ylim(0, 1.02)
@@ -46,7 +50,7 @@ def plot_froc(
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     if roc is not None:
         ax2 = axes[1]
         ax2.plot(roc.fpr, roc.tpr, "-", color="tab:green")
