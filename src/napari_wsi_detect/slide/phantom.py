@@ -1,0 +1,355 @@
+"""Phantom whole-slide images: synthetic H&E lymph-node sections with exact ground truth.
+
+`write_phantom(path, seed, size, mpp)` writes three files side by side, atomically:
+
+* `path` (e.g. `x.tif`): tiled (512 px), pyramidal (×2 levels down to < 1024 px) JPEG
+  TIFF with the µm per pixel in its resolution tags; OpenSlide reads it as
+  "generic-tiff", tifffile as one series with levels;
+* `x.geojson`: QuPath-style truth in level-0 pixels: metastases as "Tumor" Polygon
+  annotations (with `size_class` macro/micro/itc, area and major axis in µm), mitotic
+  figures as "Mitosis" Point detections, look-alikes as "Imposter" Point detections;
+* `x.tumour-mask.tif`: the Camelyon16 evaluation mask at level 5 (downsample 32),
+  uint8, 0 = no tumour, k = lesion k (the polygon's `lesion` property).
+
+The slide is rendered tile by tile from the seed alone (see `phantom_render`), so any
+size streams in bounded memory, and the truth polygons are the very polygons that decided
+which pixels became tumour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..errors import AnnotationError, WsiDetectError
+from .phantom_geometry import raster_polygon
+from .phantom_layout import PhantomLayout, make_layout
+from .phantom_pyramid import write_pyramid_tiff
+from .phantom_render import PhantomRenderer
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "MASK_DOWNSAMPLE",
+    "PhantomTruth",
+    "TumourTruth",
+    "load_phantom_truth",
+    "phantom_layout",
+    "render_phantom_region",
+    "truth_paths",
+    "tumour_mask",
+    "write_phantom",
+]
+
+DEFAULT_SIZE = (20000, 15000)  # 4.9 × 3.6 mm at 0.243 µm/px: room for a macro-metastasis
+MASK_DOWNSAMPLE = 32  # level 5
+TUMOR_COLOR = [200, 0, 0]
+MITOSIS_COLOR = [255, 200, 0]
+IMPOSTER_COLOR = [0, 160, 255]
+
+
+@dataclass
+class TumourTruth:
+    label: int  # value of this lesion in the tumour mask
+    size_class: str  # "macro" | "micro" | "itc"
+    polygon: np.ndarray  # (N, 2) level-0 (x, y), open ring
+    area_um2: float
+    major_axis_um: float
+    id: str = ""
+
+
+@dataclass
+class PhantomTruth:
+    slide_path: Path
+    geojson_path: Path
+    mask_path: Path
+    mpp: float
+    size: tuple[int, int]  # (width, height) level-0 px
+    seed: int
+    tumours: list[TumourTruth] = field(default_factory=list)
+    mitoses: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (N, 2) x, y
+    imposters: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    mitosis_kinds: list[str] = field(default_factory=list)
+    imposter_kinds: list[str] = field(default_factory=list)
+    mask_downsample: int = MASK_DOWNSAMPLE
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {"tumours": len(self.tumours), "mitoses": len(self.mitoses), "imposters": len(self.imposters)}
+        for cls in ("macro", "micro", "itc"):
+            out[cls] = sum(t.size_class == cls for t in self.tumours)
+        return out
+
+    def read_mask(self) -> np.ndarray:
+        """The level-5 lesion-label mask, (ceil(H/32), ceil(W/32)) uint8."""
+        return tifffile.imread(self.mask_path)
+
+
+def truth_paths(slide_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(geojson, tumour mask) paths that belong to a phantom slide."""
+    p = Path(slide_path)
+    return p.with_suffix(".geojson"), p.with_name(p.stem + ".tumour-mask.tif")
+
+
+def phantom_layout(
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    mpp: float = 0.243,
+    *,
+    tumour: bool = True,
+    lesions: dict[str, int] | None = None,
+    mitosis_density: float = 150.0,
+    imposter_density: float = 60.0,
+) -> tuple[PhantomLayout, list[str]]:
+    """The slide's plan (tissue, lesions, figures) without rendering any pixel."""
+    _check_args(size, mpp, lesions, mitosis_density, imposter_density)
+    w, h = int(size[0]), int(size[1])
+    return make_layout(w, h, float(mpp), int(seed), lesions, tumour, mitosis_density, imposter_density)
+
+
+def render_phantom_region(
+    x: int, y: int, w: int, h: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
+    mpp: float = 0.243, **kwargs,
+) -> np.ndarray:
+    """Level-0 pixels (h, w, 3) of the phantom `write_phantom` would write (before JPEG)."""
+    layout, _ = phantom_layout(seed, size, mpp, **kwargs)
+    return PhantomRenderer(layout).render(int(x), int(y), int(w), int(h))
+
+
+def write_phantom(
+    path: str | os.PathLike,
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    mpp: float = 0.243,
+    *,
+    tumour: bool = True,
+    lesions: dict[str, int] | None = None,
+    mitosis_density: float = 150.0,
+    imposter_density: float = 60.0,
+    tile: int = 512,
+    quality: int = 90,
+    progress: Callable[[int, int], None] | None = None,
+) -> PhantomTruth:
+    """Write a phantom slide and its truth; see the module docstring.
+
+    `tumour=False` makes a normal node (no metastases, no mitoses; imposters remain).
+    `lesions` overrides the per-class counts, e.g. {"macro": 1, "micro": 3, "itc": 0};
+    by default they grow with the tissue area. Densities are per mm² of tumour (mitoses)
+    or of tissue (imposters). Lesions that do not fit are skipped and listed in
+    `PhantomTruth.notes`.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise WsiDetectError(f"phantom slide must be a .tif/.tiff file, got {path.name!r}")
+    if not path.parent.is_dir():
+        raise WsiDetectError(f"folder {path.parent} does not exist; create it first")
+    layout, notes = phantom_layout(
+        seed, size, mpp, tumour=tumour, lesions=lesions,
+        mitosis_density=mitosis_density, imposter_density=imposter_density,
+    )
+    renderer = PhantomRenderer(layout)
+    geojson_path, mask_path = truth_paths(path)
+    token = uuid.uuid4().hex[:8]
+    tmp = {p: p.with_name(f".{p.name}.{token}.part") for p in (path, geojson_path, mask_path)}
+    try:
+        description = (
+            f"napari-wsi-detect phantom lymph node|seed={layout.seed}|mpp={layout.mpp}"
+            f"|width={layout.width}|height={layout.height}|tumour={bool(tumour)}"
+        )
+        write_pyramid_tiff(
+            tmp[path], layout.width, layout.height, renderer.render, mpp=layout.mpp,
+            tile=tile, quality=quality, description=description, progress=progress,
+        )
+        truth = _truth_from_layout(layout, path, geojson_path, mask_path, notes)
+        _write_mask(tmp[mask_path], layout)
+        _write_geojson(tmp[geojson_path], truth, tumour)
+        # the slide lands last: when it exists, its truth is complete
+        for final in (mask_path, geojson_path, path):
+            os.replace(tmp[final], final)
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+    return truth
+
+
+# -- validation ---------------------------------------------------------------------
+def _check_args(size, mpp, lesions, mitosis_density, imposter_density) -> None:
+    try:
+        w, h = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise WsiDetectError(f"size must be (width, height) in pixels, got {size!r}") from None
+    if w < 512 or h < 512:
+        raise WsiDetectError(f"phantom size {w}×{h} is too small; use at least 512×512 pixels")
+    if w * h > 2.5e10:
+        raise WsiDetectError(f"phantom size {w}×{h} is beyond 2.5 gigapixels; pick a smaller size")
+    if not (0.05 <= float(mpp) <= 10.0):
+        raise WsiDetectError(f"mpp {mpp} µm/px is not a microscope resolution (0.05–10)")
+    if lesions is not None:
+        bad = set(lesions) - {"macro", "micro", "itc"}
+        if bad or any(int(v) < 0 for v in lesions.values()):
+            raise WsiDetectError(
+                f"lesions must map 'macro'/'micro'/'itc' to counts ≥ 0, got {lesions!r}"
+            )
+    if mitosis_density < 0 or imposter_density < 0:
+        raise WsiDetectError("mitosis and imposter densities must be ≥ 0 per mm²")
+
+
+# -- truth --------------------------------------------------------------------------
+def _uuid(seed: int, family: int, index: int) -> str:
+    rng = np.random.default_rng([seed, 977, family, index])
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def _truth_from_layout(layout: PhantomLayout, path: Path, geojson_path: Path, mask_path: Path, notes: list[str]) -> PhantomTruth:
+    tumours = [
+        TumourTruth(les.label, les.size_class, les.polygon.copy(), les.area_um2, les.major_axis_um, _uuid(layout.seed, 0, les.label))
+        for les in layout.lesions
+    ]
+    return PhantomTruth(
+        slide_path=path, geojson_path=geojson_path, mask_path=mask_path, mpp=layout.mpp,
+        size=(layout.width, layout.height), seed=layout.seed, tumours=tumours,
+        mitoses=np.array([(f.x, f.y) for f in layout.mitoses], dtype=np.float64).reshape(-1, 2),
+        imposters=np.array([(f.x, f.y) for f in layout.imposters], dtype=np.float64).reshape(-1, 2),
+        mitosis_kinds=[f.kind for f in layout.mitoses],
+        imposter_kinds=[f.kind for f in layout.imposters],
+        notes=list(notes),
+    )
+
+
+def tumour_mask(layout: PhantomLayout, downsample: int = MASK_DOWNSAMPLE) -> np.ndarray:
+    """Lesion labels on the level-`log2(downsample)` grid (pixel-centre rule)."""
+    h = -(-layout.height // downsample)
+    w = -(-layout.width // downsample)
+    mask = np.zeros((h, w), np.uint8)
+    for les in layout.lesions:
+        mask[raster_polygon(les.polygon, 0.0, 0.0, w, h, scale=downsample)] = les.label
+    return mask
+
+
+def _write_mask(path: Path, layout: PhantomLayout) -> None:
+    meta = {
+        "downsample": MASK_DOWNSAMPLE, "level": 5, "mpp": layout.mpp * MASK_DOWNSAMPLE,
+        "slide_size": [layout.width, layout.height],
+        "labels": {str(les.label): les.size_class for les in layout.lesions},
+        "meaning": "0 = not tumour, k = lesion k (GeoJSON property 'lesion')",
+    }
+    res = 1e4 / (layout.mpp * MASK_DOWNSAMPLE)
+    tifffile.imwrite(
+        path, tumour_mask(layout), description=json.dumps(meta), metadata=None,
+        compression="zlib", resolution=(res, res), resolutionunit="CENTIMETER",
+    )
+
+
+def _point_feature(fid: str, x: float, y: float, cls: str, color: list[int], kind: str, lesion: int) -> dict:
+    return {
+        "type": "Feature",
+        "id": fid,
+        "geometry": {"type": "Point", "coordinates": [round(x, 2), round(y, 2)]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": cls, "color": color},
+            "kind": kind,
+            "lesion": lesion,
+        },
+    }
+
+
+def _write_geojson(path: Path, truth: PhantomTruth, tumour: bool) -> None:
+    features = []
+    for t in truth.tumours:
+        ring = np.vstack([t.polygon, t.polygon[:1]]).round(2).tolist()
+        features.append({
+            "type": "Feature",
+            "id": t.id,
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {
+                "objectType": "annotation",
+                "name": f"{t.size_class}-{t.label}",
+                "classification": {"name": "Tumor", "color": TUMOR_COLOR},
+                "size_class": t.size_class,
+                "lesion": t.label,
+                "measurements": {
+                    "area_um2": round(t.area_um2, 1),
+                    "major_axis_um": round(t.major_axis_um, 2),
+                    "lesion": t.label,
+                },
+            },
+        })
+    seed = truth.seed
+    lesion_of = _lesion_lookup(truth)
+    for i, ((x, y), kind) in enumerate(zip(truth.mitoses, truth.mitosis_kinds, strict=True)):
+        features.append(_point_feature(_uuid(seed, 1, i), x, y, "Mitosis", MITOSIS_COLOR, kind, lesion_of(x, y)))
+    for i, ((x, y), kind) in enumerate(zip(truth.imposters, truth.imposter_kinds, strict=True)):
+        features.append(_point_feature(_uuid(seed, 2, i), x, y, "Imposter", IMPOSTER_COLOR, kind, lesion_of(x, y)))
+    doc = {
+        "type": "FeatureCollection",
+        "features": features,
+        # foreign member (allowed by RFC 7946): what this truth belongs to
+        "phantom": {
+            "seed": truth.seed, "mpp": truth.mpp, "size": list(truth.size), "tumour": bool(tumour),
+            "mask": truth.mask_path.name, "mask_downsample": truth.mask_downsample,
+            "counts": truth.counts(), "notes": truth.notes,
+        },
+    }
+    path.write_text(json.dumps(doc))
+
+
+def _lesion_lookup(truth: PhantomTruth):
+    from .phantom_geometry import points_in_polygon
+
+    def lesion_of(x: float, y: float) -> int:
+        for t in truth.tumours:
+            if points_in_polygon(t.polygon, np.array([x]), np.array([y]))[0]:
+                return t.label
+        return 0
+
+    return lesion_of
+
+
+def load_phantom_truth(slide_path: str | os.PathLike) -> PhantomTruth:
+    """Read the truth written beside a phantom slide."""
+    slide_path = Path(slide_path)
+    geojson_path, mask_path = truth_paths(slide_path)
+    if not geojson_path.exists():
+        raise AnnotationError(
+            f"no phantom truth {geojson_path.name} beside {slide_path.name}; "
+            "write the slide with `wsi-detect phantom` to get one"
+        )
+    try:
+        doc = json.loads(geojson_path.read_text())
+        meta = doc["phantom"]
+        feats = doc["features"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise AnnotationError(f"{geojson_path.name} is not a phantom truth file ({exc})") from exc
+    tumours, mit, imp, mk, ik = [], [], [], [], []
+    for f in feats:
+        props = f.get("properties", {})
+        name = props.get("classification", {}).get("name")
+        geom = f.get("geometry", {})
+        if name == "Tumor" and geom.get("type") == "Polygon":
+            ring = np.asarray(geom["coordinates"][0], dtype=np.float64)[:-1]
+            m = props.get("measurements", {})
+            tumours.append(TumourTruth(int(props["lesion"]), props["size_class"], ring,
+                                       float(m["area_um2"]), float(m["major_axis_um"]), f.get("id", "")))
+        elif name == "Mitosis":
+            mit.append(geom["coordinates"])
+            mk.append(props.get("kind", ""))
+        elif name == "Imposter":
+            imp.append(geom["coordinates"])
+            ik.append(props.get("kind", ""))
+    return PhantomTruth(
+        slide_path=slide_path, geojson_path=geojson_path, mask_path=mask_path,
+        mpp=float(meta["mpp"]), size=(int(meta["size"][0]), int(meta["size"][1])), seed=int(meta["seed"]),
+        tumours=tumours,
+        mitoses=np.asarray(mit, dtype=np.float64).reshape(-1, 2),
+        imposters=np.asarray(imp, dtype=np.float64).reshape(-1, 2),
+        mitosis_kinds=mk, imposter_kinds=ik,
+        mask_downsample=int(meta.get("mask_downsample", MASK_DOWNSAMPLE)),
+        notes=list(meta.get("notes", [])),
+    )

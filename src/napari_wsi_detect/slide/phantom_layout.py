@@ -1,0 +1,467 @@
+"""The global plan of a phantom lymph-node slide: everything decided once per seed.
+
+A `PhantomLayout` holds the few objects that need a global view (tissue outline, stain,
+metastasis polygons, mitosis and imposter positions) and answers point queries about
+tissue compartments (`fields`). The renderer calls the same functions, so the ground
+truth is the geometry that drew the pixels. Lengths are chosen in micrometres and
+converted through `mpp`, so a phantom at 0.5 mpp is the same tissue, scanned coarser.
+
+Compartments, outside in: glass | perinodal fat (thin septa) | capsule (dense collagen)
+| cortex with lymphoid follicles (dark mantle, paler germinal centre) | paracortex with
+fibrous trabeculae | medulla with pale sinuses | hilar fat islands. Metastases are
+star-shaped smooth polygons placed in tissue; Camelyon16 size classes by major axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .phantom_geometry import max_feret, points_in_polygon, polygon_area
+from .phantom_noise import fbm, hash_uniform, value_noise
+
+# Camelyon16 size classes by major axis (µm); targets sit inside with a margin.
+MACRO_MIN_UM = 2000.0
+ITC_MAX_UM = 200.0
+SIZE_TARGETS_UM = {"macro": (2300.0, 3200.0), "micro": (260.0, 1700.0), "itc": (45.0, 160.0)}
+
+# Reference stain vectors (optical density per unit concentration, R, G, B), Macenko's.
+H_REF = np.array([0.5626, 0.7201, 0.4062])
+E_REF = np.array([0.2159, 0.8012, 0.5581])
+
+
+def size_class(major_um: float) -> str:
+    if major_um > MACRO_MIN_UM:
+        return "macro"
+    if major_um >= ITC_MAX_UM:
+        return "micro"
+    return "itc"
+
+
+def smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((np.asarray(x, dtype=np.float64) - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+@dataclass
+class Blob:
+    """One tissue piece: a smooth star-shaped outline around (cx, cy) (level-0 px)."""
+
+    cx: float
+    cy: float
+    radius: float  # px
+    angle: float
+    aspect: float  # x stretch of the outline before rotation
+    amps: np.ndarray  # harmonic amplitudes of the outline, k = 2..
+    phases: np.ndarray
+    fat_amps: np.ndarray  # perinodal fat band thickness harmonics, k = 1..
+    fat_phases: np.ndarray
+    fat_mean: float  # fraction of radius
+
+    def polar(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(depth px from outline, perinodal fat band px, polar angle) at points."""
+        dx = x - self.cx
+        dy = y - self.cy
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        u = (dx * c + dy * s) / self.aspect
+        v = -dx * s + dy * c
+        rho = np.hypot(u, v)
+        theta = np.arctan2(v, u)
+        k = np.arange(2, 2 + len(self.amps))
+        r = 1.0 + (self.amps[:, None] * np.cos(k[:, None] * theta.ravel()[None, :] + self.phases[:, None])).sum(0)
+        r = r.reshape(theta.shape) * self.radius
+        kf = np.arange(1, 1 + len(self.fat_amps))
+        band = self.fat_mean + (
+            self.fat_amps[:, None] * np.cos(kf[:, None] * theta.ravel()[None, :] + self.fat_phases[:, None])
+        ).sum(0)
+        band = np.clip(band.reshape(theta.shape), 0.0, None) * self.radius
+        # radial gap scaled by the aspect: close to the true distance for smooth outlines
+        depth = (r - rho) * min(self.aspect, 1.0)
+        return depth, band, theta + self.angle
+
+
+@dataclass
+class Lesion:
+    label: int  # 1.. (value in the level-5 mask)
+    size_class: str
+    polygon: np.ndarray  # (N, 2) level-0 px (x, y), open ring
+    area_um2: float
+    major_axis_um: float
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.polygon.min(0)
+        x1, y1 = self.polygon.max(0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+
+@dataclass
+class Figure:
+    """A mitotic figure or an imposter drawn at one point."""
+
+    x: float
+    y: float
+    kind: str
+    angle: float
+    scale: float
+    lesion: int  # 0 outside tumour
+
+
+@dataclass
+class Stain:
+    h: np.ndarray  # OD vector of haematoxylin (unit norm)
+    e: np.ndarray
+    h_gain: float
+    e_gain: float
+    background_od: np.ndarray  # glass
+
+
+@dataclass
+class PhantomLayout:
+    width: int
+    height: int
+    mpp: float
+    seed: int
+    stain: Stain
+    blobs: list[Blob]
+    lesions: list[Lesion] = field(default_factory=list)
+    mitoses: list[Figure] = field(default_factory=list)
+    imposters: list[Figure] = field(default_factory=list)
+
+    def px(self, um: float) -> float:
+        return um / self.mpp
+
+    # -- tissue compartments at points -----------------------------------------------
+    def fields(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Compartment weights at level-0 points (any matching shapes, float)."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        um = self.mpp
+        depth = np.full(x.shape, -1e9)
+        band = np.zeros(x.shape)
+        theta = np.zeros(x.shape)
+        for blob in self.blobs:
+            d, b, t = blob.polar(x, y)
+            better = d > depth
+            depth = np.where(better, d, depth)
+            band = np.where(better, b, band)
+            theta = np.where(better, t, theta)
+        depth_um = depth * um
+        # node core = tissue minus the perinodal fat band; capsule thickness wanders
+        node_um = depth_um - band * um
+        s = self.seed
+        cap_um = 22.0 + 14.0 * value_noise(x, y, self.px(400.0), s + 11)
+        capsule = smoothstep(-3.0, 2.0, node_um) * (1.0 - smoothstep(cap_um - 4.0, cap_um + 4.0, node_um))
+        core = smoothstep(cap_um - 4.0, cap_um + 4.0, node_um)
+        # hilar fat islands deep inside and perinodal fat outside the capsule
+        hilum = smoothstep(0.35, 0.55, fbm(x, y, self.px(700.0), s + 12, 3)) * smoothstep(250.0, 450.0, node_um)
+        fat = np.maximum(1.0 - smoothstep(-3.0, 2.0, node_um), hilum)
+        # thin fibrous trabeculae: ridges of a noise field, only inside the node
+        ridge = np.abs(fbm(x, y, self.px(450.0), s + 13, 2))
+        trab = (1.0 - smoothstep(0.025, 0.05, ridge)) * core * (1.0 - hilum)
+        # medullary sinuses: pale, cell-poor channels in the deep node
+        sinus = smoothstep(0.15, 0.35, fbm(x, y, self.px(220.0), s + 14, 2)) * smoothstep(250.0, 400.0, node_um)
+        gc, mantle = self._follicles(x, y, node_um)
+        stroma = np.maximum(capsule, trab)
+        # septa crossing perinodal fat
+        septa = (1.0 - smoothstep(0.03, 0.06, np.abs(fbm(x, y, self.px(300.0), s + 15, 2)))) * (1.0 - smoothstep(-3.0, 2.0, node_um))
+        fat_septa = septa * 0.8
+        tissue = smoothstep(-1.5, 1.5, depth_um)
+        lymph = np.clip(core * (1.0 - hilum) * (1.0 - trab), 0.0, 1.0)
+        density = np.clip(1.0 - 0.7 * sinus - 0.25 * gc + 0.1 * mantle, 0.15, 1.0)
+        # fibre direction: tangential in the capsule, wandering elsewhere
+        wander = math.pi * value_noise(x, y, self.px(300.0), s + 16)
+        fibre = np.where(capsule > 0.5, theta + math.pi / 2, wander)
+        return {
+            "tissue": tissue,
+            "depth_um": depth_um,
+            "node_um": node_um,
+            "fat": fat * (1.0 - fat_septa),
+            "stroma": np.maximum(stroma, fat_septa),
+            "lymph": lymph,
+            "density": density,
+            "sinus": sinus,
+            "gc": gc,
+            "mantle": mantle,
+            "fibre": fibre,
+            "drift": value_noise(x, y, self.px(1500.0), s + 17),
+        }
+
+    def _follicles(self, x: np.ndarray, y: np.ndarray, node_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(germinal-centre weight, mantle weight): follicles on a jittered grid in the
+        outer cortex, each kept by a per-cell coin flip."""
+        spacing = self.px(420.0)
+        s = self.seed + 21
+        if x.size == 0:
+            return np.zeros(x.shape), np.zeros(x.shape)
+        gx = np.floor(x / spacing).astype(np.int64)
+        gy = np.floor(y / spacing).astype(np.int64)
+
+        def follicle(ci: np.ndarray, cj: np.ndarray):
+            keep = hash_uniform(ci, cj, s, 0) < 0.7
+            fx = (ci + 0.2 + 0.6 * hash_uniform(ci, cj, s, 1)) * spacing
+            fy = (cj + 0.2 + 0.6 * hash_uniform(ci, cj, s, 2)) * spacing
+            r = self.px(110.0 + 70.0 * hash_uniform(ci, cj, s, 3))
+            return keep, fx, fy, r
+
+        ci = np.arange(gx.min() - 1, gx.max() + 2)
+        cj = np.arange(gy.min() - 1, gy.max() + 2)
+        best = np.full(x.shape, np.inf)
+        if ci.size * cj.size <= 64:
+            # local query (a tile): test the few follicles near all points at once
+            gi, gj = (a.ravel() for a in np.meshgrid(ci, cj))
+            keep, fx, fy, r = follicle(gi, gj)
+            for k in np.nonzero(keep)[0]:
+                best = np.minimum(best, np.hypot(x - fx[k], y - fy[k]) / r[k])
+        else:
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    keep, fx, fy, r = follicle(gx + dx, gy + dy)
+                    best = np.minimum(best, np.where(keep, np.hypot(x - fx, y - fy) / r, np.inf))
+        # follicles live in the outer cortex only
+        cortex = smoothstep(30.0, 70.0, node_um) * (1.0 - smoothstep(450.0, 600.0, node_um))
+        follicle = (1.0 - smoothstep(0.9, 1.05, best)) * cortex
+        gc = (1.0 - smoothstep(0.5, 0.62, best)) * cortex
+        return gc, np.clip(follicle - gc, 0.0, 1.0)
+
+    def lesion_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Lesion label (0 = none) at points."""
+        x = np.asarray(x, dtype=np.float64).ravel()
+        y = np.asarray(y, dtype=np.float64).ravel()
+        out = np.zeros(x.shape, dtype=np.int32)
+        for les in self.lesions:
+            x0, y0, x1, y1 = les.bbox
+            sel = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+            if sel.any():
+                idx = np.nonzero(sel)[0]
+                inside = points_in_polygon(les.polygon, x[idx], y[idx])
+                out[idx[inside]] = les.label
+        return out
+
+    def tumour_stroma(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Desmoplastic septa splitting large metastases into nests (weight 0..1)."""
+        ridge = np.abs(fbm(x, y, self.px(260.0), self.seed + 31, 2))
+        return 1.0 - smoothstep(0.03, 0.06, ridge)
+
+
+# -- building a layout -----------------------------------------------------------------
+def _make_stain(rng: np.random.Generator) -> Stain:
+    def jitter(v: np.ndarray, amount: float) -> np.ndarray:
+        out = np.clip(v + rng.normal(0.0, amount, 3), 0.02, None)
+        return out / np.linalg.norm(out)
+
+    return Stain(
+        h=jitter(H_REF, 0.05),
+        e=jitter(E_REF, 0.05),
+        h_gain=float(rng.uniform(0.85, 1.15)),
+        e_gain=float(rng.uniform(0.8, 1.2)),
+        background_od=np.array([0.035, 0.04, 0.03]) + rng.uniform(0.0, 0.03, 3),
+    )
+
+
+def _make_blobs(rng: np.random.Generator, w_um: float, h_um: float, mpp: float) -> list[Blob]:
+    two = w_um > 1.25 * h_um and rng.random() < 0.5
+    pieces = [(0.30, 0.5), (0.74, 0.5)] if two else [(0.5, 0.5)]
+    blobs = []
+    for fx, fy in pieces:
+        if two:
+            radius = 0.19 * w_um
+            aspect = rng.uniform(0.85, 1.1)
+        else:
+            radius = 0.40 * h_um
+            aspect = float(np.clip(rng.uniform(1.0, 1.35) * w_um / h_um * 0.85, 0.9, 1.5))
+        n = 5
+        amps = rng.uniform(0.02, 0.09, n) / np.arange(1, n + 1) ** 0.6
+        blobs.append(
+            Blob(
+                cx=(fx + rng.uniform(-0.03, 0.03)) * w_um / mpp,
+                cy=(fy + rng.uniform(-0.03, 0.03)) * h_um / mpp,
+                radius=radius / mpp,
+                angle=float(rng.uniform(-0.3, 0.3)),
+                aspect=float(aspect),
+                amps=amps,
+                phases=rng.uniform(0, 2 * np.pi, n),
+                fat_amps=rng.uniform(0.0, 0.06, 3),
+                fat_phases=rng.uniform(0, 2 * np.pi, 3),
+                fat_mean=float(rng.uniform(0.0, 0.05)),
+            )
+        )
+    return blobs
+
+
+def _lesion_polygon(rng: np.random.Generator, cx: float, cy: float, major_px: float) -> np.ndarray:
+    """A smooth star-shaped outline scaled so its major axis is `major_px`."""
+    n = int(np.clip(math.ceil(math.pi * major_px / 40.0), 24, 720))
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    k = np.arange(2, 7)
+    r = 1.0 + (rng.uniform(0.0, 0.16, 5)[:, None] / k[:, None] * np.cos(k[:, None] * t + rng.uniform(0, 6.3, 5)[:, None])).sum(0)
+    elong = rng.uniform(0.55, 0.95)
+    a = rng.uniform(0, np.pi)
+    u, v = r * np.cos(t), r * np.sin(t) * elong
+    pts = np.stack([u * np.cos(a) - v * np.sin(a), u * np.sin(a) + v * np.cos(a)], 1)
+    pts *= major_px / max_feret(pts)
+    return pts + np.array([cx, cy])
+
+
+def default_lesion_counts(tissue_mm2: float) -> dict[str, int]:
+    """Lesions per slide, growing with the tissue area (Camelyon-like mix)."""
+    return {
+        "macro": 0 if tissue_mm2 < 6.0 else (1 if tissue_mm2 < 40.0 else 2),
+        "micro": int(np.clip(round(1 + tissue_mm2 / 5.0), 1, 4)),
+        "itc": int(np.clip(round(2 + tissue_mm2 / 6.0), 2, 4)),
+    }
+
+
+def make_layout(
+    width: int,
+    height: int,
+    mpp: float,
+    seed: int,
+    lesions: dict[str, int] | None,
+    tumour: bool,
+    mitosis_density: float,
+    imposter_density: float,
+) -> tuple[PhantomLayout, list[str]]:
+    """Plan a slide. Returns the layout and notes about lesions that did not fit."""
+    rng = np.random.default_rng([seed, 20240611])
+    w_um, h_um = width * mpp, height * mpp
+    layout = PhantomLayout(
+        width=width, height=height, mpp=mpp, seed=seed, stain=_make_stain(rng),
+        blobs=_make_blobs(rng, w_um, h_um, mpp),
+    )
+    tissue_mm2 = _tissue_area_mm2(layout)
+    notes: list[str] = []
+    if tumour:
+        counts = dict(default_lesion_counts(tissue_mm2))
+        counts.update(lesions or {})
+        _place_lesions(layout, rng, counts, notes)
+        _place_mitoses(layout, rng, mitosis_density)
+    _place_imposters(layout, rng, imposter_density, tissue_mm2)
+    return layout, notes
+
+
+def _tissue_area_mm2(layout: PhantomLayout) -> float:
+    step = max(layout.width, layout.height) / 256
+    xs = np.arange(step / 2, layout.width, step)
+    ys = np.arange(step / 2, layout.height, step)
+    gx, gy = np.meshgrid(xs, ys)
+    tissue = layout.fields(gx, gy)["depth_um"] > 0
+    return float(tissue.sum() * (step * layout.mpp / 1000.0) ** 2)
+
+
+def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict[str, int], notes: list[str]) -> None:
+    placed: list[tuple[float, float, float]] = []  # centre and radius (px) of each lesion
+    label = 1
+    for cls in ("macro", "micro", "itc"):
+        lo, hi = SIZE_TARGETS_UM[cls]
+        for i in range(int(counts.get(cls, 0))):
+            ok = False
+            for attempt in range(400):
+                # shrink the target when the tissue is small, never below the class floor
+                shrink = 1.0 - min(attempt / 300.0, 1.0)
+                major_um = lo + (hi - lo) * rng.random() * shrink
+                cx = rng.uniform(0, layout.width)
+                cy = rng.uniform(0, layout.height)
+                poly = _lesion_polygon(rng, cx, cy, layout.px(major_um))
+                rad = layout.px(major_um) / 2
+                if any(math.hypot(cx - px, cy - py) < rad + pr + layout.px(80.0) for px, py, pr in placed):
+                    continue
+                f = layout.fields(poly[:, 0], poly[:, 1])
+                fc = layout.fields(np.array([cx]), np.array([cy]))
+                if f["depth_um"].min() < 20.0 or fc["node_um"][0] < 40.0:
+                    continue
+                if cls != "macro" and fc["fat"][0] > 0.5:
+                    continue  # small deposits sit in lymphoid tissue, not in fat
+                major = max_feret(poly) * layout.mpp
+                if size_class(major) != cls:
+                    continue
+                layout.lesions.append(
+                    Lesion(label=label, size_class=cls, polygon=poly,
+                           area_um2=polygon_area(poly) * layout.mpp**2, major_axis_um=major)
+                )
+                placed.append((cx, cy, rad))
+                label += 1
+                ok = True
+                break
+            if not ok:
+                notes.append(f"no room for {cls} metastasis #{i + 1} on this slide (tissue too small)")
+
+
+def _sample_in_lesion(layout: PhantomLayout, rng: np.random.Generator, les: Lesion, n: int,
+                      taken: list[tuple[float, float]], min_sep: float, margin: float) -> list[tuple[float, float]]:
+    x0, y0, x1, y1 = les.bbox
+    out: list[tuple[float, float]] = []
+    ring = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    for _ in range(n * 40):
+        if len(out) >= n:
+            break
+        x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        px = np.concatenate([[x], x + margin * np.cos(ring)])
+        py = np.concatenate([[y], y + margin * np.sin(ring)])
+        if not points_in_polygon(les.polygon, px, py).all():
+            continue
+        if les.size_class == "macro" and layout.tumour_stroma(np.array([x]), np.array([y]))[0] > 0.1:
+            continue
+        if any((x - a) ** 2 + (y - b) ** 2 < min_sep**2 for a, b in taken + out):
+            continue
+        out.append((x, y))
+    return out
+
+
+MITOSIS_KINDS = ("metaphase", "anaphase", "telophase", "prometaphase")
+IMPOSTER_KINDS = ("apoptotic", "pyknotic", "lymph-clump")
+
+
+def _place_mitoses(layout: PhantomLayout, rng: np.random.Generator, density: float) -> None:
+    taken: list[tuple[float, float]] = []
+    for les in layout.lesions:
+        area_mm2 = les.area_um2 / 1e6
+        n = int(rng.poisson(density * area_mm2))
+        if les.size_class != "itc":
+            n = max(n, 1)
+        elif rng.random() < 0.3:
+            n = max(n, 1)
+        pts = _sample_in_lesion(layout, rng, les, n, taken, layout.px(30.0), layout.px(9.0))
+        for x, y in pts:
+            layout.mitoses.append(
+                Figure(x, y, str(rng.choice(MITOSIS_KINDS, p=[0.45, 0.2, 0.15, 0.2])),
+                       float(rng.uniform(0, np.pi)), float(rng.uniform(0.85, 1.2)), les.label)
+            )
+        taken.extend(pts)
+
+
+def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: float, tissue_mm2: float) -> None:
+    taken = [(m.x, m.y) for m in layout.mitoses]
+    # apoptotic bodies inside tumour (the classic mitosis look-alike) ...
+    for les in layout.lesions:
+        n = int(rng.poisson(0.4 * density * les.area_um2 / 1e6))
+        pts = _sample_in_lesion(layout, rng, les, n, taken, layout.px(30.0), layout.px(8.0))
+        for x, y in pts:
+            kind = "apoptotic" if rng.random() < 0.7 else "pyknotic"
+            layout.imposters.append(Figure(x, y, kind, float(rng.uniform(0, np.pi)), float(rng.uniform(0.8, 1.2)), les.label))
+        taken.extend(pts)
+    # ... and dark look-alikes in the lymphoid tissue elsewhere
+    n = max(2, int(rng.poisson(density * 0.25 * tissue_mm2)))
+    found = 0
+    for _ in range(n * 60):
+        if found >= n:
+            break
+        x, y = rng.uniform(0, layout.width), rng.uniform(0, layout.height)
+        f = layout.fields(np.array([x]), np.array([y]))
+        if f["depth_um"][0] < 40 or f["lymph"][0] < 0.8 or f["sinus"][0] > 0.5:
+            continue
+        if layout.lesion_at(np.array([x]), np.array([y]))[0] or _near_lesion(layout, x, y, layout.px(25.0)):
+            continue
+        if any((x - a) ** 2 + (y - b) ** 2 < layout.px(30.0) ** 2 for a, b in taken):
+            continue
+        kind = str(rng.choice(IMPOSTER_KINDS, p=[0.35, 0.25, 0.4]))
+        layout.imposters.append(Figure(x, y, kind, float(rng.uniform(0, np.pi)), float(rng.uniform(0.8, 1.2)), 0))
+        taken.append((x, y))
+        found += 1
+
+
+def _near_lesion(layout: PhantomLayout, x: float, y: float, r: float) -> bool:
+    ring = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    return bool(layout.lesion_at(x + r * np.cos(ring), y + r * np.sin(ring)).any())
