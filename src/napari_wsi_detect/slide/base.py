@@ -266,6 +266,15 @@ def area_downsample_2x(
     with the fraction of a full pixel it really covers (0 outside the slide, less than 1
     for a partial last row), so odd-sized levels neither fade to white along their last
     row and column nor over-weight a half pixel."""
+    if row_weight.min() == 1.0 and col_weight.min() == 1.0:
+        # Interior tiles (nearly all): exact integer mean of 4, rounded half up.
+        acc = src[0::2, 0::2].astype(np.uint16)
+        acc += src[1::2, 0::2]
+        acc += src[0::2, 1::2]
+        acc += src[1::2, 1::2]
+        acc += 2
+        acc >>= 2
+        return acc.astype(np.uint8)
     h2, w2 = src.shape[:2]
     weighted = src.astype(np.float32) * row_weight[:, None, None] * col_weight[None, :, None]
     sums = weighted.reshape(h2 // 2, 2, w2 // 2, 2, 3).sum(axis=(1, 3))
