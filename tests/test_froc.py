@@ -519,3 +519,16 @@ def test_normal_truth_and_listed_normal_with_tumour_is_an_error(tmp_path):
     m = match_slides(d, [tumour, t])
     assert m.slide_labels == [True] and m.slide_scores == [0.0]
     assert any("Normal_017" in w for w in m.warnings)
+
+
+def test_phantom_mask_and_geojson_truths_agree(phantom_small):
+    from napari_wsi_detect.evaluation.froc_io import load_truth_file
+
+    stem = phantom_small.with_suffix("")
+    from_mask = load_truth_file(stem.with_name(stem.name + ".tumour-mask.tif"))
+    from_polygons = load_truth_file(phantom_small.with_suffix(".geojson"))
+    assert from_mask.slide_id == from_polygons.slide_id == "phantom"
+    assert from_mask.is_tumour and from_mask.n_lesions >= 1
+    assert from_mask.itc_labels == from_polygons.itc_labels
+    assert from_mask.mask_offset == from_polygons.mask_offset
+    np.testing.assert_array_equal(from_mask.evaluation_mask, from_polygons.evaluation_mask)
