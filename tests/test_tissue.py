@@ -236,3 +236,13 @@ def test_fraction_edge_cases() -> None:
     assert tm.level0_bbox() == (0, 0, 80, 80)
     with pytest.raises(WsiDetectError):
         TissueMask(np.ones((2, 2, 2), bool), 1.0)
+
+
+def test_scalar_and_vectorised_fractions_agree() -> None:
+    rng = np.random.default_rng(3)
+    tm = TissueMask(rng.random((50, 40)) > 0.5, 3.7, 0.5, (183, 150))
+    xs, ys = rng.uniform(-50, 200, 500), rng.uniform(-50, 230, 500)
+    ws, hs = rng.uniform(0.5, 90, 500), rng.uniform(0.5, 90, 500)
+    many = tm.fractions(xs, ys, ws, hs)
+    one = [tm.fraction(*r) for r in zip(xs, ys, ws, hs, strict=True)]
+    assert np.allclose(many, one, atol=1e-12)

@@ -316,9 +316,30 @@ class TissueMask:
     def fraction(self, x: float, y: float, w: float, h: float) -> float:
         """Fraction of tissue in the level-0 rectangle [x, x+w) × [y, y+h), O(1).
 
-        Parts of the rectangle outside the slide count as no tissue.
+        Parts of the rectangle outside the slide count as no tissue. Plain Python on
+        purpose: numpy's per-call overhead is ~40× the arithmetic for one rectangle
+        (use `fractions` for many at once).
         """
-        return float(self.fractions(x, y, w, h))
+        if w <= 0 or h <= 0:
+            return 0.0
+        d = self.downsample
+        sh, sw = self.slide_shape
+        x0, x1 = min(max(x, 0), sw) / d, min(max(x + w, 0), sw) / d
+        y0, y1 = min(max(y, 0), sh) / d, min(max(y + h, 0), sh) / d
+        f = self._integral_scalar
+        area = f(x1, y1) - f(x0, y1) - f(x1, y0) + f(x0, y0)
+        return min(max(area * d * d / (w * h), 0.0), 1.0)
+
+    def _integral_scalar(self, x: float, y: float) -> float:
+        h, w = self.mask.shape
+        i = min(max(int(math.floor(x)), 0), max(w - 1, 0))
+        j = min(max(int(math.floor(y)), 0), max(h - 1, 0))
+        fx = min(max(x - i, 0.0), 1.0)
+        fy = min(max(y - j, 0.0), 1.0)
+        get = self._sat.item  # .item returns Python floats: no numpy scalar overhead
+        top = get(j, i) * (1 - fx) + get(j, i + 1) * fx
+        bottom = get(j + 1, i) * (1 - fx) + get(j + 1, i + 1) * fx
+        return top * (1 - fy) + bottom * fy
 
     @property
     def tissue_fraction(self) -> float:
