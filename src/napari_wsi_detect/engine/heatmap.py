@@ -252,11 +252,12 @@ def open_run_store(
     return HeatmapStore.create(partial, geometry, roi_cells, model_name, params)
 
 
-def open_heatmap(path: str | Path) -> HeatmapStore:
-    """Reopen a saved heatmap (a heatmap.zarr folder, or a run folder holding one)."""
+def open_heatmap(path: str | Path, mode: str = "r") -> HeatmapStore:
+    """Reopen a saved heatmap (a heatmap.zarr folder, a run folder holding one, or its
+    .partial); `mode` "r+" to write into it."""
     path = Path(path)
     if (path / FINAL_NAME).is_dir():
         path = path / FINAL_NAME
     elif not path.exists() and path.with_name(path.name + PARTIAL_SUFFIX).is_dir():
         path = path.with_name(path.name + PARTIAL_SUFFIX)
-    return HeatmapStore.open(path)
+    return HeatmapStore.open(path, mode=mode)
