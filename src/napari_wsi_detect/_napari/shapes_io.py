@@ -1,0 +1,424 @@
+"""Annotations <-> napari Shapes / Points layers, always anchored in level-0 pixels.
+
+Placement. The slide layer puts level-0 pixel *index* i at world ``i·mpp`` (pixel centres,
+napari's convention), while annotations use the pixel-corner convention (pixel x covers
+[x, x+1), docs/architecture.md). A level-0 coordinate X therefore sits at world
+``(X − 0.5)·mpp``. Our Shapes/Points layers hold level-0 coordinates (row = y, col = x)
+as *data* with ``scale = mpp`` and ``translate = −mpp/2``, so data = level-0 exactly and
+the layers lie on the slide. Export goes data → world through the layer's own transform
+(whatever scale/translate/affine the user gave it) and then world → level-0 through the
+slide's mpp, so a layer drawn by hand in µm exports to the same level-0 pixels.
+
+Holes. napari Shapes have no holes. A polygon with holes is stored as several shapes
+sharing the feature ``region`` (one id per GeoJSON feature): the outer ring(s) with
+``is_hole = False`` and each inner ring as its own shape with ``is_hole = True`` (drawn
+dashed-free in the same colour, no fill). On export each hole is put back as an inner
+ring of the outer ring of its region that contains it, so GeoJSON keeps true holes.
+A hole whose region has no outer ring containing it (e.g. after editing) is exported as
+a polygon of its own rather than dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_wsi_detect.annotations.geojson import (
+    MITOSIS_CLASS,
+    TUMOUR_CLASS,
+    Feature,
+    regions_to_features,
+)
+from napari_wsi_detect.errors import AnnotationError
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+KIND_REGIONS = "napari-wsi-detect regions"
+KIND_ANNOTATIONS = "napari-wsi-detect annotations"
+KNOWN_COLORS = {TUMOUR_CLASS[0]: TUMOUR_CLASS[1], MITOSIS_CLASS[0]: MITOSIS_CLASS[1]}
+SCORE_COLORMAP = "plasma"  # edge colour by max probability: purple (low) -> yellow (high)
+ELLIPSE_VERTICES = 64
+# Feature columns with a meaning of their own; any other numeric column is a measurement.
+_RESERVED = ("region", "is_hole", "class", "id", "name", "object_type")
+
+
+# --- placement -------------------------------------------------------------------------------
+def placement(mpp: float | None) -> dict[str, Any]:
+    """scale/translate making layer data = level-0 (row, col) on a slide of `mpp` µm/px
+    (None: the slide is shown in pixels, world = level-0 pixel index)."""
+    from napari_wsi_detect._napari.layers import UNITS, supports_units
+
+    unit = float(mpp) if mpp else 1.0
+    kwargs: dict[str, Any] = {"scale": (unit, unit), "translate": (-unit / 2, -unit / 2)}
+    if mpp and supports_units():
+        kwargs["units"] = (UNITS, UNITS)
+    return kwargs
+
+
+def _layer_matrix(meta: dict[str, Any]) -> np.ndarray:
+    """3x3 data -> world matrix of a 2-D layer from its state dict (scale, translate,
+    rotate, shear, affine), in napari's (row, col) order."""
+    from napari.utils.transforms import Affine
+
+    phys = Affine(
+        scale=tuple(meta.get("scale", (1.0, 1.0)))[-2:],
+        translate=tuple(meta.get("translate", (0.0, 0.0)))[-2:],
+        rotate=meta.get("rotate"),
+        shear=meta.get("shear"),
+        ndim=2,
+    )
+    m = np.asarray(phys.affine_matrix, dtype=float)[-3:, -3:]
+    extra = meta.get("affine")
+    if extra is not None:
+        a = np.asarray(getattr(extra, "affine_matrix", extra), dtype=float)
+        if a.shape[0] >= 3:
+            m = a[-3:, -3:] @ m
+    return m
+
+
+def data_to_level0(yx: np.ndarray, meta: dict[str, Any], mpp: float | None) -> np.ndarray:
+    """(N, 2) layer data (row, col) -> (N, 2) level-0 (x, y) pixels."""
+    yx = np.asarray(yx, dtype=float)[:, -2:]
+    m = _layer_matrix(meta)
+    world = yx @ m[:2, :2].T + m[:2, 2]
+    unit = float(mpp) if mpp else 1.0
+    return world[:, ::-1] / unit + 0.5
+
+
+def level0_to_data(xy: np.ndarray) -> np.ndarray:
+    """(N, 2) level-0 (x, y) -> data (row, col) of a layer placed with `placement`."""
+    return np.asarray(xy, dtype=float)[:, ::-1].copy()
+
+
+# --- GeoJSON features -> layers ---------------------------------------------------------------
+def _open_ring(ring: Sequence[Sequence[float]]) -> np.ndarray:
+    arr = np.asarray(ring, dtype=float)[:, :2]
+    if len(arr) > 1 and np.array_equal(arr[0], arr[-1]):
+        arr = arr[:-1]  # napari closes polygons itself
+    return arr
+
+
+def _rgba(color: Sequence[int] | None, alpha: float = 1.0) -> list[float]:
+    r, g, b = color if color is not None else (255, 255, 0)
+    return [r / 255, g / 255, b / 255, alpha]
+
+
+def features_to_layers(
+    features: Sequence[Feature],
+    mpp: float | None,
+    name: str = "annotations",
+    metadata: dict[str, Any] | None = None,
+    color_by_score: bool = False,
+    edge_width: float | None = None,
+) -> list[LayerData]:
+    """Shapes layer (polygons with `is_hole` rings, paths) and/or Points layer (points) of
+    QuPath features; empty list for no features. Coordinates stay level-0 pixels."""
+    shapes: list[np.ndarray] = []
+    kinds: list[str] = []
+    rows: list[dict[str, Any]] = []
+    colors: list[list[float]] = []
+    points: list[np.ndarray] = []
+    prow: list[dict[str, Any]] = []
+    pcolors: list[list[float]] = []
+    for index, f in enumerate(features, start=1):
+        base = {
+            "region": index,
+            "class": f.classification or "",
+            "id": f.id,
+            "name": f.name or "",
+            "object_type": f.object_type,
+            **{k: float(v) for k, v in f.measurements.items()},
+        }
+        color = f.color or KNOWN_COLORS.get(f.classification or "")
+        g = f.geometry
+        kind, coords = g["type"], g["coordinates"]
+        polys = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else []
+        for poly in polys:
+            for k, ring in enumerate(poly):
+                shapes.append(level0_to_data(_open_ring(ring)))
+                kinds.append("polygon")
+                rows.append({**base, "is_hole": k > 0})
+                colors.append(_rgba(color))
+        lines = [coords] if kind == "LineString" else coords if kind == "MultiLineString" else []
+        for line in lines:
+            shapes.append(level0_to_data(np.asarray(line, dtype=float)[:, :2]))
+            kinds.append("path")
+            rows.append({**base, "is_hole": False})
+            colors.append(_rgba(color))
+        pts = [coords] if kind == "Point" else coords if kind == "MultiPoint" else []
+        for p in pts:
+            points.append(level0_to_data(np.asarray([p], dtype=float)[:, :2])[0])
+            prow.append(base)
+            pcolors.append(_rgba(color))
+    meta = {"kind": KIND_ANNOTATIONS, "slide_mpp": mpp, **(metadata or {})}
+    out: list[LayerData] = []
+    if shapes:
+        table = _table(rows)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "shape_type": kinds,
+            "features": table,
+            "feature_defaults": _defaults(table),
+            "face_color": "transparent",
+            "edge_width": edge_width or _edge_width(shapes),
+            "metadata": meta,
+            "opacity": 1.0,
+            **placement(mpp),
+        }
+        if color_by_score and "max_probability" in table:
+            kwargs.update(edge_color="max_probability", edge_colormap=SCORE_COLORMAP,
+                          edge_contrast_limits=(0.0, 1.0))
+        else:
+            kwargs["edge_color"] = np.asarray(colors)
+        out.append((shapes, kwargs, "shapes"))
+    if points:
+        table = _table(prow)
+        out.append((
+            np.asarray(points),
+            {
+                "name": name if not shapes else f"{name} points",
+                "features": table,
+                "feature_defaults": _defaults(table),
+                "face_color": np.asarray(pcolors),
+                "border_color": "white",
+                "size": _point_size(mpp),
+                "metadata": meta,
+                **placement(mpp),
+            },
+            "points",
+        ))
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Column dict with every key of every row (missing numbers = NaN, text = '')."""
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    table: dict[str, list[Any]] = {}
+    for k in keys:
+        sample = next(r[k] for r in rows if k in r)
+        fill: Any = math.nan if isinstance(sample, float) else "" if isinstance(sample, str) else 0
+        if isinstance(sample, bool):
+            fill = False
+        table[k] = [r.get(k, fill) for r in rows]
+    return table
+
+
+def _defaults(table: dict[str, list[Any]]) -> dict[str, Any]:
+    """Values a shape drawn by hand gets: its own new region, class Tumor."""
+    out: dict[str, Any] = {}
+    for k, col in table.items():
+        v = col[0]
+        out[k] = (False if isinstance(v, (bool, np.bool_)) else -1 if k == "region"
+                  else math.nan if isinstance(v, float) else "" if isinstance(v, str) else 0)
+    if "class" in out:
+        out["class"] = TUMOUR_CLASS[0]
+    if "object_type" in out:
+        out["object_type"] = "annotation"
+    if "max_probability" in out:
+        out["max_probability"] = 1.0  # drawn by a pathologist: certain
+    return out
+
+
+def _edge_width(shapes: list[np.ndarray]) -> float:
+    """Edge width in level-0 px: ~1/600 of the annotated extent, so edges stay visible
+    when the whole slide is on screen and thin when zoomed in."""
+    allp = np.concatenate(shapes)
+    extent = float(np.ptp(allp, axis=0).max()) if len(allp) else 0.0
+    return max(2.0, extent / 600)
+
+
+def _point_size(mpp: float | None) -> float:
+    """~10 µm markers (in level-0 px), the size of a mitotic figure."""
+    return 10.0 / float(mpp) if mpp else 40.0
+
+
+def regions_to_layer_data(regions: Iterable[Any], mpp: float | None,
+                          name: str = "metastases",
+                          metadata: dict[str, Any] | None = None) -> LayerData:
+    """Shapes layer of `postprocess.regions.Region`s (may be empty), edge colour by score."""
+    feats = regions_to_features(regions)
+    layers = features_to_layers(
+        feats, mpp, name=name, metadata={"kind": KIND_REGIONS, **(metadata or {})},
+        color_by_score=True,
+    )
+    if layers:
+        return layers[0]
+    return ([], {
+        "name": name, "shape_type": "polygon", "face_color": "transparent",
+        "edge_color": "yellow", "edge_width": 8.0, "features": _table([]),
+        "metadata": {"kind": KIND_REGIONS, "slide_mpp": mpp, **(metadata or {})},
+        **placement(mpp),
+    }, "shapes")
+
+
+# --- layers -> GeoJSON features ---------------------------------------------------------------
+def _column(table: Any, key: str, n: int, default: Any) -> list[Any]:
+    if table is None or key not in table:
+        return [default] * n
+    col = table[key]
+    return list(col.tolist() if hasattr(col, "tolist") else col)
+
+
+def _ellipse(corners: np.ndarray) -> np.ndarray:
+    """napari ellipse data (4 bounding-box corners) -> polygon vertices."""
+    centre = corners.mean(axis=0)
+    a, b = (corners[1] - corners[0]) / 2, (corners[3] - corners[0]) / 2
+    t = np.linspace(0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)[:, None]
+    return centre + np.cos(t) * a + np.sin(t) * b
+
+
+def _class_color(cls: str, edge: Any) -> tuple[int, int, int]:
+    if cls in KNOWN_COLORS:
+        return KNOWN_COLORS[cls]
+    if edge is not None and len(edge) >= 3:
+        return tuple(int(round(255 * float(c))) for c in edge[:3])  # type: ignore[return-value]
+    return TUMOUR_CLASS[1]
+
+
+def shapes_to_features(data: Sequence[np.ndarray], meta: dict[str, Any],
+                       mpp: float | None) -> list[Feature]:
+    """QuPath features of a Shapes layer's data + state (`layer.as_layer_data_tuple()`
+    or the npe2 writer's `meta`): regions with holes as inner rings, level-0 pixels."""
+    from shapely.geometry import MultiPolygon, Point, Polygon
+    from shapely.geometry.polygon import orient
+
+    from napari_wsi_detect.annotations.geojson import shape_to_geometry
+
+    n = len(data)
+    if n == 0:
+        return []
+    types = meta.get("shape_type", "polygon")
+    types = [types] * n if isinstance(types, str) else list(types)
+    table = meta.get("features")
+    regions = _column(table, "region", n, -1)
+    holes = _column(table, "is_hole", n, False)
+    classes = _column(table, "class", n, TUMOUR_CLASS[0])
+    ids = _column(table, "id", n, "")
+    names = _column(table, "name", n, "")
+    edges = meta.get("edge_color")
+    edges = np.asarray(edges) if edges is not None and np.ndim(edges) == 2 else None
+    measure_keys = [
+        k for k in (list(table.keys()) if table is not None else [])
+        if k not in _RESERVED and np.issubdtype(np.asarray(table[k]).dtype, np.number)
+        and not np.issubdtype(np.asarray(table[k]).dtype, np.bool_)
+    ]
+    unit = float(mpp) if mpp else 1.0
+
+    groups: dict[Any, dict[str, list[int]]] = {}
+    for i in range(n):
+        rid = regions[i]
+        if rid is None or (isinstance(rid, float) and math.isnan(rid)) or int(rid) < 0:
+            rid = ("drawn", i)  # a shape drawn by hand: a region of its own
+        g = groups.setdefault(rid, {"outer": [], "hole": [], "line": []})
+        if types[i] in ("path", "line"):
+            g["line"].append(i)
+        elif bool(holes[i]):
+            g["hole"].append(i)
+        else:
+            g["outer"].append(i)
+
+    def ring(i: int) -> np.ndarray:
+        v = np.asarray(data[i], dtype=float)[:, -2:]
+        if types[i] == "ellipse":
+            v = _ellipse(v)
+        return data_to_level0(v, meta, mpp)
+
+    out: list[Feature] = []
+    for g in groups.values():
+        first = (g["outer"] or g["hole"] or g["line"])[0]
+        cls = str(classes[first] or TUMOUR_CLASS[0])
+        color = _class_color(cls, edges[first] if edges is not None else None)
+        fid = str(ids[first]) if _is_uuid(ids[first]) else str(uuid.uuid4())
+        label = str(names[first]) if names[first] else None
+        measurements = {
+            k: float(table[k][first]) for k in measure_keys
+            if math.isfinite(float(table[k][first])) and k != "area_um2"
+        }
+        parts = [Polygon(ring(i)) for i in g["outer"]]
+        inner: list[list[Any]] = [[] for _ in parts]
+        orphans = []
+        for i in g["hole"]:
+            hole = Polygon(ring(i))
+            probe = hole.representative_point() if hole.is_valid else Point(ring(i)[0])
+            k = next((k for k, p in enumerate(parts) if p.contains(probe)), None)
+            if k is None:
+                orphans.append(hole)
+            else:
+                inner[k].append(hole.exterior.coords)
+        polys = [orient(Polygon(p.exterior.coords, h), 1.0) for p, h in zip(parts, inner,
+                                                                            strict=True)]
+        if polys:
+            geom = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+            m = dict(measurements)
+            m["area_um2"] = round(float(geom.area) * unit * unit, 3) if mpp else float(geom.area)
+            out.append(Feature(shape_to_geometry(geom), "annotation", cls, color, m, label,
+                               fid))
+            fid = str(uuid.uuid4())  # orphans / lines below get ids of their own
+        for hole in orphans:
+            out.append(Feature(shape_to_geometry(orient(hole, 1.0)), "annotation", cls, color,
+                               dict(measurements), label, str(uuid.uuid4())))
+        for i in g["line"]:
+            coords = ring(i).tolist()
+            out.append(Feature({"type": "LineString", "coordinates": coords}, "annotation",
+                               cls, color, dict(measurements), label, fid))
+            fid = str(uuid.uuid4())
+    return out
+
+
+def points_to_features(data: np.ndarray, meta: dict[str, Any], mpp: float | None
+                       ) -> list[Feature]:
+    """Point detections (QuPath 'detection' objects) of a Points layer, level-0 pixels."""
+    data = np.asarray(data, dtype=float).reshape(-1, np.shape(data)[-1] if np.size(data) else 2)
+    n = len(data)
+    if n == 0:
+        return []
+    xy = data_to_level0(data[:, -2:], meta, mpp)
+    table = meta.get("features")
+    classes = _column(table, "class", n, MITOSIS_CLASS[0])
+    ids = _column(table, "id", n, "")
+    types = _column(table, "object_type", n, "detection")
+    measure_keys = [
+        k for k in (list(table.keys()) if table is not None else [])
+        if k not in _RESERVED and np.issubdtype(np.asarray(table[k]).dtype, np.number)
+        and not np.issubdtype(np.asarray(table[k]).dtype, np.bool_)
+    ]
+    faces = meta.get("face_color")
+    faces = np.asarray(faces) if faces is not None and np.ndim(faces) == 2 else None
+    out = []
+    for i in range(n):
+        cls = str(classes[i] or MITOSIS_CLASS[0])
+        m = {k: float(table[k][i]) for k in measure_keys if math.isfinite(float(table[k][i]))}
+        otype = types[i] if types[i] in ("annotation", "detection") else "detection"
+        out.append(Feature(
+            {"type": "Point", "coordinates": [float(xy[i, 0]), float(xy[i, 1])]}, otype, cls,
+            _class_color(cls, faces[i] if faces is not None and len(faces) > i else None), m,
+            None, str(ids[i]) if _is_uuid(ids[i]) else str(uuid.uuid4()),
+        ))
+    return out
+
+
+def layer_to_features(layer: Any, mpp: float | None) -> list[Feature]:
+    """QuPath features of a napari Shapes or Points layer (level-0 pixels)."""
+    data, meta, kind = layer.as_layer_data_tuple()
+    if kind == "shapes":
+        return shapes_to_features(data, meta, mpp)
+    if kind == "points":
+        return points_to_features(data, meta, mpp)
+    raise AnnotationError(
+        f"layer {layer.name!r} is a {kind} layer; only Shapes and Points layers can be "
+        "exported as GeoJSON"
+    )
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return bool(value)
