@@ -420,6 +420,11 @@ class ImageSlide(Slide):
                 rgba = np.asarray(img.convert("RGBA"))
         except SlideOpenError:
             raise
+        except Image.DecompressionBombError as exc:
+            raise fail(
+                self.path,
+                f"this {kind} is too large to hold in memory; convert it to a tiled pyramidal TIFF",
+            ) from exc
         except Exception as exc:
             raise fail(self.path, f"damaged or truncated {kind} image ({exc})") from exc
         self._rgb = composite_on_white(rgba)
