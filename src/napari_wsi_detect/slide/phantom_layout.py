@@ -152,7 +152,7 @@ class PhantomLayout:
         # node core = tissue minus the perinodal fat band; capsule thickness wanders
         node_um = depth_um - band * um
         s = self.seed
-        cap_um = 22.0 + 14.0 * value_noise(x, y, self.px(400.0), s + 11)
+        cap_um = 15.0 + 7.0 * value_noise(x, y, self.px(400.0), s + 11)
         capsule = smoothstep(-3.0, 2.0, node_um) * (1.0 - smoothstep(cap_um - 4.0, cap_um + 4.0, node_um))
         core = smoothstep(cap_um - 4.0, cap_um + 4.0, node_um)
         # hilar fat islands deep inside and perinodal fat outside the capsule
@@ -166,7 +166,7 @@ class PhantomLayout:
         gc, mantle = self._follicles(x, y, node_um)
         stroma = np.maximum(capsule, trab)
         # septa crossing perinodal fat
-        septa = (1.0 - smoothstep(0.03, 0.06, np.abs(fbm(x, y, self.px(300.0), s + 15, 2)))) * (1.0 - smoothstep(-3.0, 2.0, node_um))
+        septa = (1.0 - smoothstep(0.03, 0.06, np.abs(fbm(x, y, self.px(300.0), s + 15, 2)))) * (1.0 - smoothstep(-3.0, 2.0, node_um)) * smoothstep(2.0, 8.0, depth_um)
         fat_septa = septa * 0.8
         tissue = smoothstep(-1.5, 1.5, depth_um)
         lymph = np.clip(core * (1.0 - hilum) * (1.0 - trab), 0.0, 1.0)
@@ -301,7 +301,8 @@ def _lesion_polygon(rng: np.random.Generator, cx: float, cy: float, major_px: fl
     a = rng.uniform(0, np.pi)
     u, v = r * np.cos(t), r * np.sin(t) * elong
     pts = np.stack([u * np.cos(a) - v * np.sin(a), u * np.sin(a) + v * np.cos(a)], 1)
-    pts *= major_px / max_feret(pts)
+    # scale on a subsample (cheap); the exact major axis is measured once accepted
+    pts *= major_px / max_feret(pts[:: max(1, n // 96)])
     return pts + np.array([cx, cy])
 
 
@@ -375,7 +376,7 @@ def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict
                 if cls != "macro" and fc["fat"][0] > 0.5:
                     continue  # small deposits sit in lymphoid tissue, not in fat
                 major = max_feret(poly) * layout.mpp
-                if size_class(major) != cls:
+                if size_class(major) != cls or not lo * 0.9 <= major <= hi * 1.1:
                     continue
                 layout.lesions.append(
                     Lesion(label=label, size_class=cls, polygon=poly,

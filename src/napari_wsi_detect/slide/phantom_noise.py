@@ -15,6 +15,8 @@ window: there is no state carried from one tile to the next. Three tools do this
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -92,6 +94,24 @@ def fbm(x: np.ndarray, y: np.ndarray, spacing: float, seed: int, octaves: int = 
     return total / norm
 
 
+@lru_cache(maxsize=64)
+def _texture(seed: int, period: int, along: float, across: float, angle: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((period, period))
+    f = np.fft.fftfreq(period)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    c, s = np.cos(angle), np.sin(angle)
+    fu = fx * c + fy * s  # frequency along the fibre direction
+    fv = -fx * s + fy * c
+    gain = np.exp(-2.0 * np.pi**2 * ((fu * along) ** 2 + (fv * across) ** 2))
+    tex = np.fft.ifft2(np.fft.fft2(white) * gain).real
+    tex -= tex.mean()
+    tex /= tex.std() + 1e-12
+    tex = tex.astype(np.float32)
+    tex.flags.writeable = False  # shared between renderers through the cache
+    return tex
+
+
 class PeriodicTexture:
     """A seamless (P, P) noise image, zero mean and unit variance, sampled by global
     pixel coordinates modulo P. Anisotropic textures (collagen) have `along` > `across`
@@ -106,19 +126,8 @@ class PeriodicTexture:
         angle: float = 0.0,
     ) -> None:
         across = along if across is None else across
-        rng = np.random.default_rng(seed)
-        white = rng.standard_normal((period, period))
-        f = np.fft.fftfreq(period)
-        fy, fx = np.meshgrid(f, f, indexing="ij")
-        c, s = np.cos(angle), np.sin(angle)
-        fu = fx * c + fy * s  # frequency along the fibre direction
-        fv = -fx * s + fy * c
-        gain = np.exp(-2.0 * np.pi**2 * ((fu * along) ** 2 + (fv * across) ** 2))
-        tex = np.fft.ifft2(np.fft.fft2(white) * gain).real
-        tex -= tex.mean()
-        tex /= tex.std() + 1e-12
         self.period = period
-        self.data = tex.astype(np.float32)
+        self.data = _texture(int(seed), int(period), float(along), float(across), float(angle))
 
     def sample(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """(h, w) values for the level-0 window whose top-left pixel is (x0, y0)."""

@@ -75,7 +75,7 @@ class PhantomRenderer:
         self.clump = tex(2, 512, 0.6)  # coarser chromatin clumps, ragged mitoses
         self.mottle = tex(3, 512, 1.6)  # cytoplasm / background texture
         self.glass = tex(4, 256, 0.6)
-        self.fibres = [tex(5 + i, 1024, 10.0, 0.7, a) for i, a in enumerate(FIBRE_ANGLES)]
+        self.fibres = [tex(5 + i, 512, 6.0, 0.9, a) for i, a in enumerate(FIBRE_ANGLES)]
         self.field_step = max(1, round(2.0 * um))  # coarse compartment lattice: 2 µm
         self.fat_step = max(1, round(0.5 * um))  # fat-cell membrane lattice: 0.5 µm
         # per-figure shape parameters, fixed by (seed, index) so any tile sees the same
@@ -115,9 +115,9 @@ class PhantomRenderer:
         ch += h0
         # collagen fibres oriented along the local fibre direction
         if stroma.max() > 0.01:
-            wts = [np.cos(f["fibre"] - a) ** 8 for a in FIBRE_ANGLES]
+            wts = [np.cos(f["fibre"] - a) ** 6 for a in FIBRE_ANGLES]
             norm = sum(wts) + 1e-6
-            coef = lat.up(np.stack([0.2 * stroma * wt / norm for wt in wts]))
+            coef = lat.up(np.stack([0.16 * stroma * wt / norm for wt in wts]))
             for t, cf in zip(self.fibres, coef, strict=True):
                 ce += cf * t.sample(x0, y0, w, h)
         # fat: empty adipocytes with thin eosinophilic membranes
@@ -129,8 +129,8 @@ class PhantomRenderer:
         # tumour replaces the host tissue inside the lesion polygons
         tum = self._tumour_mask(x0, y0, w, h)
         if tum is not None:
-            tcyto_e = 0.34 + 0.07 * mott
-            tcyto_h = 0.17 + 0.02 * mott
+            tcyto_e = 0.30 + 0.04 * mott
+            tcyto_h = 0.15 + 0.015 * mott
             strands = self._tumour_strands(lat)
             if strands is not None:
                 fib = self.fibres[0].sample(x0, y0, w, h)
@@ -229,7 +229,7 @@ class PhantomRenderer:
         um = 1.0 / lay.mpp
         s = lay.seed
         # lymphocytes, germinal-centre cells and histiocytes share one dense grid
-        gi, gj, cx, cy = self._grid(7.4 * um, 0.7, x0, y0, w, h, 7.0 * um, s + 51)
+        gi, gj, cx, cy = self._grid(7.2 * um, 0.7, x0, y0, w, h, 7.0 * um, s + 51)
         if cx.size:
             f = lay.fields(cx, cy)
             u = [hash_uniform(gi, gj, s + 51, k) for k in range(2, 14)]
@@ -241,14 +241,14 @@ class PhantomRenderer:
                 gc = f["gc"][keep]
                 big = u[1] < 0.55 * gc  # centroblasts in germinal centres
                 histio = ~big & (u[1] > 1.0 - (0.025 + 0.08 * f["sinus"][keep]))
-                a = np.where(big, 4.1 + 1.0 * u[2], np.where(histio, 5.2 + 1.2 * u[2], 3.0 + 0.55 * u[2]))
+                a = np.where(big, 4.1 + 1.0 * u[2], np.where(histio, 5.2 + 1.2 * u[2], 2.95 + 0.6 * u[2]))
                 b = a * np.where(histio, 0.62 + 0.15 * u[3], 0.86 + 0.12 * u[3])
-                c = np.where(big, 1.35, np.where(histio, 0.8, 2.05 + 0.35 * u[4]))
+                c = np.where(big, 1.35, np.where(histio, 0.8, 1.75 + 0.35 * u[4]))
                 self._stamp(
                     ch, ce, x0, y0, w, h, cx[keep], cy[keep], a * um, b * um, u[5] * np.pi, c,
                     e2=0.05 * u[6], e3=np.where(histio, 0.1, 0.04) * u[7], phase=u[8] * 6.3,
-                    base=np.where(big | histio, 0.55, 0.95), rim=np.where(big | histio, 0.55, 0.12),
-                    grain=np.where(big, 0.35, 0.22),
+                    base=np.where(big | histio, 0.55, 0.9), rim=np.where(big | histio, 0.55, 0.2),
+                    grain=np.where(big, 0.4, 0.4),
                     nucleoli=np.where(big, 1 + (u[9] < 0.5), 0), nuc_r=0.55 * um, nuc_h=0.9,
                     u_n=(u[10], u[11]),
                 )
@@ -259,20 +259,20 @@ class PhantomRenderer:
             u = [hash_uniform(gi, gj, s + 52, k) for k in range(2, 10)]
             lab = lay.lesion_at(cx, cy)
             strand = lay.tumour_stroma(cx, cy) * np.isin(lab, [les.label for les in lay.lesions if les.size_class == "macro"])
-            p = np.where(lab > 0, strand, f["stroma"]) * 0.6 * (f["depth_um"] > 3)
+            p = np.where(lab > 0, strand, f["stroma"]) * 0.45 * (f["depth_um"] > 3)
             keep = (u[0] < p) & ~self._suppressed(cx, cy, 6.0 * um)
             if keep.any():
                 u = [a[keep] for a in u]
                 ang = f["fibre"][keep] + 0.25 * (u[1] - 0.5)
                 self._stamp(
-                    ch, ce, x0, y0, w, h, cx[keep], cy[keep], (5.5 + 3.0 * u[2]) * um,
-                    (1.1 + 0.6 * u[3]) * um, ang, 1.7 + 0.4 * u[4], e2=0.0 * u[5], e3=0.0 * u[5],
+                    ch, ce, x0, y0, w, h, cx[keep], cy[keep], (4.5 + 2.5 * u[2]) * um,
+                    (0.8 + 0.45 * u[3]) * um, ang, 1.3 + 0.4 * u[4], e2=0.06 * u[5], e3=0.0 * u[5],
                     phase=u[5], base=0.9, rim=0.1, grain=0.2, nucleoli=0, nuc_r=1.0, nuc_h=0.0,
                     u_n=(u[6], u[7]),
                 )
         # tumour cells: large pleomorphic vesicular nuclei with nucleoli
         if lay.lesions:
-            gi, gj, cx, cy = self._grid(15.5 * um, 0.55, x0, y0, w, h, 13.0 * um, s + 53)
+            gi, gj, cx, cy = self._grid(16.0 * um, 0.55, x0, y0, w, h, 13.0 * um, s + 53)
             lab = lay.lesion_at(cx, cy) if cx.size else np.zeros(0)
             if (lab > 0).any():
                 sel = lab > 0
@@ -282,13 +282,13 @@ class PhantomRenderer:
                 keep = (strand < 0.5) & ~self._suppressed(cx, cy, 10.0 * um)
                 u = [hash_uniform(gi[keep], gj[keep], s + 53, k) for k in range(2, 16)]
                 if keep.any():
-                    a = 5.0 + 4.2 * u[0] ** 1.3
+                    a = 4.8 + 3.4 * u[0] ** 1.3
                     hyper = u[1] < 0.12
                     self._stamp(
                         ch, ce, x0, y0, w, h, cx[keep], cy[keep], a * um, a * (0.66 + 0.28 * u[2]) * um,
-                        u[3] * np.pi, np.where(hyper, 1.75, 1.05 + 0.3 * u[4]),
+                        u[3] * np.pi, np.where(hyper, 1.7, 1.1 + 0.35 * u[4]),
                         e2=0.04 + 0.08 * u[5], e3=0.03 + 0.07 * u[6], phase=u[7] * 6.3,
-                        base=np.where(hyper, 0.75, 0.38), rim=0.62, grain=0.55,
+                        base=np.where(hyper, 0.8, 0.58), rim=0.42, grain=0.65,
                         nucleoli=1 + (u[8] < 0.4), nuc_r=(0.65 + 0.45 * u[9]) * um, nuc_h=1.25,
                         u_n=(u[10], u[11]), nuc_e=0.9,
                     )
@@ -410,7 +410,7 @@ class PhantomRenderer:
             ce[sl] = ce[sl] * (1 - 0.55 * clear) + de
 
     @staticmethod
-    def _soft(d: np.ndarray, width: float = 0.25) -> np.ndarray:
+    def _soft(d: np.ndarray, width: float = 0.4) -> np.ndarray:
         """0..1 coverage from a signed distance in µm (positive inside)."""
         return np.clip(d / width + 0.5, 0.0, 1.0)
 
@@ -423,13 +423,13 @@ class PhantomRenderer:
                 half = p["len"] / 2
                 env = np.sqrt(np.clip(1 - (v / half) ** 2, 0, 1)) ** 0.5
                 d = p["wid"] * env - np.abs(u) + 0.7 * rag * env - 2.0 * np.maximum(np.abs(v) - half, 0)
-                dh = 3.3 * soft(d)
+                dh = 3.0 * soft(d)
             elif kind == "anaphase":
                 half = p["len"] / 2 * 0.85
                 env = np.sqrt(np.clip(1 - (v / half) ** 2, 0, 1)) ** 0.5
                 arm = np.abs(u) - p["gap"] / 2 + p["bend"] * v**2
                 d = 0.8 * p["wid"] * env - np.abs(arm) + 0.6 * rag * env - 2.0 * np.maximum(np.abs(v) - half, 0)
-                dh = 3.2 * soft(d)
+                dh = 2.9 * soft(d)
             elif kind == "telophase":
                 g = p["gap"] / 2 + 2.5
                 d1 = 1.0 - np.hypot((np.abs(u) - g) / 2.0, v / 3.6)
@@ -439,18 +439,19 @@ class PhantomRenderer:
                 dh = 2.9 * soft(d) * (0.75 + 0.35 * np.clip(rag + 0.5, 0, 1.5))
             return dh, 0.12 * clear, clear
         if kind == "apoptotic":
-            halo = soft(p["halo"] - rho, 0.5)
-            gapr = soft(p["halo"] + 1.4 - rho, 0.5) - halo  # retraction space
+            r_halo = p["halo"] * 0.75
+            halo = soft(r_halo - rho + 0.5 * rag, 0.6)
+            gapr = 0.6 * (soft(r_halo + 1.0 - rho, 0.6) - halo)  # retraction space
             dh = zero.copy()
             for k in range(int(p["nfrag"])):
                 fu, fv = p["frag"][k]
                 dh += 3.2 * soft(p["frag_r"][k] - np.hypot(u - fu, v - fv), 0.2)
             clear = np.clip(halo + gapr, 0, 1)
-            return dh, 0.95 * halo, clear
+            return dh, 0.75 * halo, clear
         if kind == "pyknotic":
             r = 2.0 + 0.6 * p["frag_r"][0] / 2.1
-            halo = soft(4.6 - rho, 0.5)
-            return 3.3 * soft(r - rho, 0.2), 0.6 * halo, halo
+            halo = soft(4.0 - rho + 0.5 * rag, 0.6)
+            return 3.0 * soft(r - rho, 0.3), 0.55 * halo, 0.8 * halo
         # lymph-clump: a tight knot of dark small nuclei
         dh = zero.copy()
         for k in range(int(p["nclump"])):
@@ -462,12 +463,21 @@ class PhantomRenderer:
     # -- colour ---------------------------------------------------------------------
     def _to_rgb(self, ch, ce, x0, y0, w, h) -> np.ndarray:
         st = self.layout.stain
-        noise = self.glass.sample(x0, y0, w, h)
-        od = (
-            (ch * st.h_gain)[..., None] * st.h.astype(np.float32)
-            + (ce * st.e_gain)[..., None] * st.e.astype(np.float32)
-            + st.background_od.astype(np.float32)
-            + (0.012 * noise)[..., None]
-        )
-        rgb = 255.0 * np.exp(-np.maximum(od, 0.0))
-        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        noise = self.glass.sample(x0, y0, w, h) * np.float32(0.012)
+        hv = (st.h * st.h_gain).astype(np.float32)
+        ev = (st.e * st.e_gain).astype(np.float32)
+        bg = st.background_od.astype(np.float32)
+        out = np.empty((h, w, 3), np.uint8)
+        od = np.empty((h, w), np.float32)
+        for k in range(3):
+            np.multiply(ch, hv[k], out=od)
+            od += ce * ev[k]
+            od += noise
+            od += bg[k]
+            np.maximum(od, 0.0, out=od)
+            np.negative(od, out=od)
+            np.exp(od, out=od)
+            od *= 255.0
+            od += 0.5
+            out[..., k] = od  # values in [0.5, 255.5): truncation rounds
+        return out

@@ -1,0 +1,71 @@
+"""`wsi-detect phantom OUT.tif`: write a synthetic lymph-node slide with ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "phantom",
+        help="write a synthetic H&E lymph-node slide + GeoJSON truth + level-5 tumour mask",
+        description=(
+            "Write a phantom whole-slide image (tiled pyramidal JPEG TIFF) with known "
+            "metastases (macro/micro/ITC), mitotic figures and imposters. Beside OUT.tif "
+            "land OUT.geojson (QuPath truth) and OUT.tumour-mask.tif (level 5, downsample "
+            "32). Files appear only when complete."
+        ),
+    )
+    p.add_argument("out", metavar="OUT.tif", help="slide to write (.tif or .tiff)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same slide)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                   help="level-0 width and height in pixels (default 20000 15000)")
+    p.add_argument("--mpp", type=float, default=0.243, help="µm per pixel (default 0.243)")
+    p.add_argument("--normal", action="store_true", help="a node without metastases or mitoses")
+    p.add_argument("--lesions", type=int, nargs=3, metavar=("MACRO", "MICRO", "ITC"), default=None,
+                   help="number of metastases per size class (default: scaled with tissue area)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..slide.phantom import DEFAULT_SIZE, write_phantom
+
+    size = tuple(args.size) if args.size else DEFAULT_SIZE
+    lesions = None
+    if args.lesions is not None:
+        lesions = dict(zip(("macro", "micro", "itc"), args.lesions, strict=True))
+    bar = None
+    progress = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="tile", desc="phantom", file=sys.stderr, leave=False)
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        truth = write_phantom(
+            args.out, seed=args.seed, size=size, mpp=args.mpp, tumour=not args.normal,
+            lesions=lesions, progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    w, h = truth.size
+    print(f"slide: {truth.slide_path} ({w}×{h} px at {truth.mpp} µm/px, {seconds:.1f} s, "
+          f"{w * h / 1e6 / seconds:.1f} MP/s)")
+    print(f"truth: {truth.geojson_path}")
+    print(f"mask:  {truth.mask_path} (downsample {truth.mask_downsample})")
+    print("counts: " + json.dumps(truth.counts()))
+    for note in truth.notes:
+        print(f"note: {note}")
+    return 0
