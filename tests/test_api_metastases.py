@@ -109,3 +109,27 @@ def test_region_and_demo_model(tmp_path, phantom_small, model_file, tissue):
     assert res.timings["rois_computed"] == 1  # a 384-px ROI grid: one block holds it
     with pytest.raises(ModelFileError):
         detect_metastases(phantom_small, model="demo-that-does-not-exist", device="cpu")
+
+
+def test_cli_metastases(tmp_path, phantom_small, model_file, monkeypatch, capsys):
+    import napari_wsi_detect.slide.tissue as tissue_mod
+    from napari_wsi_detect.cli import main
+
+    # Independent of the default tissue mask's pen rejection (tested above).
+    original = tissue_mod.compute_tissue_mask
+    monkeypatch.setattr(tissue_mod, "compute_tissue_mask",
+                        lambda slide, **kw: original(slide, exclude_pen=False))
+    out = tmp_path / "cli"
+    x, y, w, h = REGION
+    rc = main(["metastases", str(phantom_small), "--model", str(model_file), "--device", "cpu",
+               "--roi-cells", "24", "--region", f"{x},{y},{w},{h}", "--threshold", "0.5",
+               "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "slide score:" in captured.out and "regions:" in captured.out
+    assert (out / "summary.json").is_file() and (out / "regions.geojson").is_file()
+    rc = main(["metastases", str(phantom_small), "--model", str(tmp_path / "nope.safetensors"),
+               "--out", str(out)])
+    assert rc == 2 and "model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["metastases", str(phantom_small), "--region", "1,2,3", "--out", str(out)])
