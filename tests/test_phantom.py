@@ -231,7 +231,7 @@ def test_tumour_differs_from_lymphoid_tissue(phantom_small):
         inside = points_in_poly(np.c_[xx.ravel(), yy.ravel()], t.polygon).reshape(xx.shape)
         assert inside.sum() > 2000, "the lesion's centre should be tumour"
         tum = nuclear_stats(read_level0(phantom_small, x0, y0, 244, 244), 0.243, inside)
-        assert tum["big"] > 0.5 and tum["big"] > 2 * lymph["big"], (t.size_class, tum, lymph)
+        assert tum["big"] > 0.35 and tum["big"] > 3 * lymph["big"], (t.size_class, tum, lymph)
         assert tum["dark"] < 0.5 * lymph["dark"], (t.size_class, tum, lymph)
 
 

@@ -332,49 +332,67 @@ def make_layout(
         width=width, height=height, mpp=mpp, seed=seed, stain=_make_stain(rng),
         blobs=_make_blobs(rng, w_um, h_um, mpp),
     )
-    tissue_mm2 = _tissue_area_mm2(layout)
+    grid = _survey(layout)
+    tissue_mm2 = grid["tissue_mm2"]
     notes: list[str] = []
     if tumour:
         counts = dict(default_lesion_counts(tissue_mm2))
         counts.update(lesions or {})
-        _place_lesions(layout, rng, counts, notes)
+        _place_lesions(layout, rng, counts, notes, grid)
         _place_mitoses(layout, rng, mitosis_density)
-    _place_imposters(layout, rng, imposter_density, tissue_mm2)
+    _place_imposters(layout, rng, imposter_density, tissue_mm2, grid)
     return layout, notes
 
 
-def _tissue_area_mm2(layout: PhantomLayout) -> float:
-    step = max(layout.width, layout.height) / 256
+def _survey(layout: PhantomLayout, n: int = 192) -> dict:
+    """Compartments on a coarse global grid: tissue area and candidate positions."""
+    step = max(layout.width, layout.height) / n
     xs = np.arange(step / 2, layout.width, step)
     ys = np.arange(step / 2, layout.height, step)
-    gx, gy = np.meshgrid(xs, ys)
-    tissue = layout.fields(gx, gy)["depth_um"] > 0
-    return float(tissue.sum() * (step * layout.mpp / 1000.0) ** 2)
+    gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
+    f = layout.fields(gx, gy)
+    tissue = f["depth_um"] > 0
+    return {
+        "x": gx, "y": gy, "step": step, "f": f,
+        "tissue_mm2": float(tissue.sum() * (step * layout.mpp / 1000.0) ** 2),
+    }
 
 
-def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict[str, int], notes: list[str]) -> None:
+def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict[str, int],
+                   notes: list[str], grid: dict) -> None:
     placed: list[tuple[float, float, float]] = []  # centre and radius (px) of each lesion
+    gx, gy, f, step = grid["x"], grid["y"], grid["f"], grid["step"]
     label = 1
     for cls in ("macro", "micro", "itc"):
         lo, hi = SIZE_TARGETS_UM[cls]
         for i in range(int(counts.get(cls, 0))):
             ok = False
-            for attempt in range(400):
+            for attempt in range(80):
                 # shrink the target when the tissue is small, never below the class floor
-                shrink = 1.0 - min(attempt / 300.0, 1.0)
+                shrink = 1.0 - min(attempt / 50.0, 1.0)
                 major_um = lo + (hi - lo) * rng.random() * shrink
-                cx = rng.uniform(0, layout.width)
-                cy = rng.uniform(0, layout.height)
-                poly = _lesion_polygon(rng, cx, cy, layout.px(major_um))
                 rad = layout.px(major_um) / 2
+                # candidate centres deep enough in tissue, off other lesions
+                cand = (f["depth_um"] >= 0.45 * major_um + 20.0) & (f["node_um"] >= 40.0)
+                if cls != "macro":
+                    cand &= f["fat"] < 0.5  # small deposits sit in lymphoid tissue
+                for px, py, pr in placed:
+                    cand &= np.hypot(gx - px, gy - py) > rad + pr + layout.px(80.0)
+                idx = np.nonzero(cand)[0]
+                if idx.size == 0:
+                    continue
+                k = idx[rng.integers(idx.size)]
+                cx = gx[k] + rng.uniform(-0.5, 0.5) * step
+                cy = gy[k] + rng.uniform(-0.5, 0.5) * step
+                poly = _lesion_polygon(rng, cx, cy, layout.px(major_um))
                 if any(math.hypot(cx - px, cy - py) < rad + pr + layout.px(80.0) for px, py, pr in placed):
                     continue
-                f = layout.fields(poly[:, 0], poly[:, 1])
+                fp = layout.fields(poly[:, 0], poly[:, 1])
                 fc = layout.fields(np.array([cx]), np.array([cy]))
-                if f["depth_um"].min() < 20.0 or fc["node_um"][0] < 40.0:
+                if fp["depth_um"].min() < 20.0 or fc["node_um"][0] < 40.0:
                     continue
                 if cls != "macro" and fc["fat"][0] > 0.5:
-                    continue  # small deposits sit in lymphoid tissue, not in fat
+                    continue
                 major = max_feret(poly) * layout.mpp
                 if size_class(major) != cls or not lo * 0.9 <= major <= hi * 1.1:
                     continue
@@ -433,7 +451,7 @@ def _place_mitoses(layout: PhantomLayout, rng: np.random.Generator, density: flo
         taken.extend(pts)
 
 
-def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: float, tissue_mm2: float) -> None:
+def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: float, tissue_mm2: float, grid: dict) -> None:
     taken = [(m.x, m.y) for m in layout.mitoses]
     # apoptotic bodies inside tumour (the classic mitosis look-alike) ...
     for les in layout.lesions:
@@ -445,13 +463,17 @@ def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: f
         taken.extend(pts)
     # ... and dark look-alikes in the lymphoid tissue elsewhere
     n = max(2, int(rng.poisson(density * 0.25 * tissue_mm2)))
+    f, step = grid["f"], grid["step"]
+    cand = np.nonzero((f["depth_um"] > 60) & (f["lymph"] > 0.9) & (f["sinus"] < 0.5))[0]
     found = 0
-    for _ in range(n * 60):
-        if found >= n:
+    for _ in range(n * 20):
+        if found >= n or cand.size == 0:
             break
-        x, y = rng.uniform(0, layout.width), rng.uniform(0, layout.height)
-        f = layout.fields(np.array([x]), np.array([y]))
-        if f["depth_um"][0] < 40 or f["lymph"][0] < 0.8 or f["sinus"][0] > 0.5:
+        k = cand[rng.integers(cand.size)]
+        x = float(grid["x"][k] + rng.uniform(-0.5, 0.5) * step)
+        y = float(grid["y"][k] + rng.uniform(-0.5, 0.5) * step)
+        fp = layout.fields(np.array([x]), np.array([y]))
+        if fp["depth_um"][0] < 40 or fp["lymph"][0] < 0.8 or fp["sinus"][0] > 0.5:
             continue
         if layout.lesion_at(np.array([x]), np.array([y]))[0] or _near_lesion(layout, x, y, layout.px(25.0)):
             continue
