@@ -87,8 +87,10 @@ def _all_opaque(rgba: np.ndarray) -> bool:
     if rgba.flags.c_contiguous and rgba.dtype == np.uint8:
         # One uint32 per pixel: alpha is the top byte on little-endian machines.
         px = rgba.view(np.uint32)
-        top = 0xFF000000 if np.little_endian else 0x000000FF
-        return bool(np.bitwise_and(px, top).min() == top) if px.size else True
+        if not np.little_endian:  # pragma: no cover
+            return bool(rgba[:, :, 3].min() == 255)
+        # Alpha is the top byte: every pixel >= 0xFF000000 iff all alpha are 255.
+        return bool(px.min() >= 0xFF000000) if px.size else True
     return bool(rgba[:, :, 3].min() == 255) if rgba.size else True
 
 

@@ -7,10 +7,12 @@ ctypes (which drops the GIL), so reads from several threads run in parallel, unl
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
 import openslide
+import openslide.lowlevel
 
 from ..errors import SlideOpenError, SlideReadError
 from .base import Level, Slide, composite_on_white
@@ -56,6 +58,17 @@ class OpenSlideSlide(Slide):
         self._set_levels(levels)
 
     def _read_native(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if _LOW_READ is not None and hasattr(self._osr, "_osr"):
+            try:
+                return self._read_direct(level, x, y, w, h)
+            except openslide.OpenSlideError as exc:
+                raise SlideReadError(
+                    f"could not read region x={x} y={y} {w}x{h} at level {level} of "
+                    f"{self.path.name}: {exc} (the file is probably corrupt or truncated; "
+                    "re-open it after fixing the file)"
+                ) from exc
+            except (ValueError, AttributeError) as exc:  # closed handle
+                raise SlideReadError(f"{self.path.name}: {exc}") from exc
         try:
             img = self._osr.read_region((x, y), level, (w, h))
         except openslide.OpenSlideError as exc:
@@ -68,6 +81,25 @@ class OpenSlideSlide(Slide):
         except ValueError as exc:  # closed handle
             raise SlideReadError(f"{self.path.name}: {exc}") from exc
         return composite_on_white(np.asarray(img))
+
+    def _read_direct(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """OpenSlide's C read into a numpy buffer, skipping openslide-python's PIL round
+        trip (un-premultiply, frombuffer, tobytes: ~5 ms per 512² tile, a third of a
+        cached read). The buffer is premultiplied ARGB in native-endian uint32, so the
+        composite on white is exactly colour + (255 - alpha), no division needed."""
+        buf = np.empty((h, w), np.uint32)
+        _LOW_READ(self._osr._osr, buf.ctypes.data_as(_U32_PTR), x, y, level, w, h)
+        if np.little_endian:
+            bgra = buf.view(np.uint8).reshape(h, w, 4)
+            channels = (2, 1, 0)
+        else:  # pragma: no cover
+            bgra = buf.view(np.uint8).reshape(h, w, 4)[:, :, ::-1]
+            channels = (2, 1, 0)
+        white_gap = 255 - bgra[:, :, 3]
+        out = np.empty((h, w, 3), np.uint8)
+        for i, c in enumerate(channels):
+            np.add(bgra[:, :, c], white_gap, out=out[:, :, i])
+        return out
 
     @property
     def associated_names(self) -> list[str]:
@@ -86,6 +118,12 @@ class OpenSlideSlide(Slide):
 
     def _close_backend(self) -> None:
         self._osr.close()
+
+
+# openslide-python's ctypes binding of openslide_read_region (private; if a future
+# version renames it we fall back to the public, slower PIL path).
+_LOW_READ = getattr(openslide.lowlevel, "_read_region", None)
+_U32_PTR = ctypes.POINTER(ctypes.c_uint32)
 
 
 def detect_format(path: Path) -> str | None:
