@@ -85,9 +85,12 @@ def _producer_main(index: int, source: BatchSource, tasks: Any, results: Any,
             source.close()
         except Exception:  # noqa: BLE001
             pass
-        # Do not wait at exit for the queue's feeder thread to flush into a pipe nobody
-        # reads any more (the classic multiprocessing shutdown hang).
-        results.cancel_join_thread()
+        if stop.is_set():
+            # Shutting down: do not wait at exit for the queue's feeder thread to flush
+            # into a pipe nobody reads any more (the classic multiprocessing hang).
+            results.cancel_join_thread()
+        # Otherwise the exit flushes what was put (an error report above all) into the
+        # pipe; the consumer is reading, and close() drains it if not.
 
 
 class Prefetcher:
@@ -135,12 +138,25 @@ class Prefetcher:
             self._next_task += 1
 
     def _check_producers(self) -> None:
-        for i, p in enumerate(self._procs):
-            if not p.is_alive() and p.exitcode not in (0, None):
-                raise ProducerError(
-                    f"prefetch producer {i} died with exit code {p.exitcode} without "
-                    "reporting an error (killed, or a crash in a slide decoder)"
-                )
+        # Producers only stop when told to, so any exit while we wait is a failure.
+        dead = [(i, p.exitcode) for i, p in enumerate(self._procs) if not p.is_alive()]
+        if not dead:
+            return
+        try:  # its error report may have landed just after our last look
+            while True:
+                kind, k, payload = self._results.get(timeout=_POLL)
+                if kind == "error":
+                    self.close()
+                    raise ProducerError(payload)
+                self._pending[k] = payload
+        except queue.Empty:
+            pass
+        i, code = dead[0]
+        self.close()
+        raise ProducerError(
+            f"prefetch producer {i} stopped (exit code {code}) without reporting an error "
+            "(killed, out of memory, or a crash in a slide decoder)"
+        )
 
     def get(self) -> Any:
         """The batch for `next_step` (blocking)."""
