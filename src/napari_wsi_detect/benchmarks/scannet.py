@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="patches timed for the patch-wise baseline (extrapolated)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch.get_num_threads())")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default) or this process's CPU time; with "
+                             "--threads 1, cpu is robust to other processes sharing the "
+                             "cores (OpenMP spin-waits inflate it with more threads)")
     parser.add_argument("--no-cpu-options", action="store_true",
                         help="skip the CPU optimisation table")
     parser.add_argument("--quick", action="store_true",
@@ -56,6 +60,9 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
     return _interleaved({"f": fn}, repeats)["f"]
 
 
+_CLOCK: list[Callable[[], float]] = [time.perf_counter]
+
+
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Best (minimum) time of each function, timed in turn A B C A B C ...: on a shared
     machine the load drifts, interleaving spreads the drift over all rows alike, and the
@@ -65,9 +72,10 @@ def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, f
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            clock = _CLOCK[0]
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: min(ts) for name, ts in times.items()}
 
 
@@ -97,6 +105,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         args.roi, args.repeats, args.patches = min(args.roi, 724), 1, min(args.patches, 8)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     alpha = 2
     cells = output_size(args.roi, alpha)
     if cells < 2:
@@ -113,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     dense2, dense1 = densify(model, alpha), densify(model, 1)
     r: dict[str, Any] = {
         "width": args.width, "roi": roi, "roi_alpha1": roi1, "cells": cells,
-        "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "repeats": args.repeats, "clock": args.clock,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }
     flops2 = dense_flops(model, roi, roi, alpha)
@@ -141,6 +150,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "t_patchwise_extrapolated_s": per_patch * cells * cells,
         "patch_gflop": dense_flops(model, PATCH, PATCH, 1) / 1e9,
     })
+    # The work each method must do, from the layer shapes alone: the speed-up a method
+    # would show if every FLOP ran at the same rate.
+    sas_flops = sum(
+        dense_flops(model, input_size(len(range(i, cells, alpha))),
+                    input_size(len(range(j, cells, alpha))), 1)
+        for i in range(alpha) for j in range(alpha)
+    )
+    r["flop_ratio_patchwise"] = r["patch_gflop"] * 1e9 * cells * cells / flops2
+    r["flop_ratio_alpha"] = flops2 / flops1
+    r["flop_ratio_sas"] = sas_flops / flops2
     r["patchwise_speedup"] = r["t_patchwise_extrapolated_s"] / t2
     r["alpha_cost_ratio"] = t2 / t1
     r["sas_speedup"] = tsas / t2
@@ -241,23 +260,23 @@ def _fmt_s(t: float) -> str:
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"Fast ScanNet benchmark  width={r['width']}  threads={r['threads']}  "
-        f"torch {r['torch']}  best of {r['repeats']} run(s)",
+        f"torch {r['torch']}  best of {r['repeats']} interleaved run(s), {r['clock']} clock",
         f"ROI {r['roi']}² at α=2 -> {r['cells']}×{r['cells']} cells at stride 16 "
         f"({r['gflop_dense_a2']:.1f} GFLOP); α=1 ROI {r['roi_alpha1']}² -> "
         f"{r['cells'] // 2}² cells at stride 32, same stitched area "
         f"({r['gflop_dense_a1']:.1f} GFLOP)",
         "",
-        f"{'method':44s} {'time':>10s}  {'ratio':>9s}  {'paper':>7s}",
+        f"{'method':44s} {'time':>10s}  {'ratio':>9s}  {'paper':>7s}  {'FLOP ratio':>10s}",
         f"{'dense anchor layers α=2':44s} {_fmt_s(r['t_dense_a2_s'])}  {'1.00':>9s}",
         f"{'dense α=1 (same stitched area)':44s} {_fmt_s(r['t_dense_a1_s'])}  "
-        f"{1 / r['alpha_cost_ratio']:9.2f}  {'(α2/α1)':>7s}",
+        f"{1 / r['alpha_cost_ratio']:9.2f}",
         f"{'  cost ratio α=2 / α=1':44s} {'':10s}  {r['alpha_cost_ratio']:9.2f}  "
-        f"{PAPER['alpha_cost_ratio']:7.2f}",
+        f"{PAPER['alpha_cost_ratio']:7.2f}  {r['flop_ratio_alpha']:10.2f}",
         f"{'shift-and-stitch α=2 (4 FCN runs)':44s} {_fmt_s(r['t_shift_stitch_a2_s'])}  "
-        f"{r['sas_speedup']:8.2f}×  {PAPER['sas_speedup']:6.2f}×",
+        f"{r['sas_speedup']:8.2f}×  {PAPER['sas_speedup']:6.2f}×  {r['flop_ratio_sas']:9.2f}×",
         f"{'patch-wise stride 16 (EXTRAPOLATED)':44s} "
         f"{_fmt_s(r['t_patchwise_extrapolated_s'])}  {r['patchwise_speedup']:8.1f}×  "
-        f"{PAPER['patchwise_speedup']:6.0f}×",
+        f"{PAPER['patchwise_speedup']:6.0f}×  {r['flop_ratio_patchwise']:9.1f}×",
         f"  patch-wise: {r['patches_timed']} random patches timed, "
         f"{r['t_patch_s'] * 1e3:.2f} ms/patch × {r['cells'] ** 2} patches",
         "",

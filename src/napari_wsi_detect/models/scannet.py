@@ -9,8 +9,9 @@ what `anchor.py` extends to strides 16, 8, 4.
 
 `forward` returns logits (N, 2, H', W'); the tumour probability is softmax[:, 1]
 (`predict_proba`). A width multiplier scales every channel count and never the geometry:
-full VGG16 costs ~3.6 TFLOP (multiply-add = 2 FLOP) per 2884² ROI at α = 2, too slow for
-a 2-core CPU; `DEFAULT_CPU_WIDTH` is what we ship for CPU inference.
+full VGG16 costs 4.92 TFLOP (multiply-add = 2 FLOP) per 2868² ROI at α = 1 and 5.10 TFLOP
+per 2884² ROI at α = 2, far too slow for a 2-core CPU; the cost scales as width², and
+`DEFAULT_CPU_WIDTH` = 0.125 costs 80 / 83 GFLOP per ROI.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ STRIDE = 32  # scanning stride of the plain FCN: 2**5 from five 2×2/2 pools
 N_POOLS = 5
 
 # Chosen so that a 2884² ROI at α = 2 takes seconds, not minutes, on a 2-core CPU
-# (≈ 57 GFLOP per ROI, 1/64 of full VGG16; see docs/models.md for the measurements).
+# (83 GFLOP per ROI, 1/64 of full VGG16; see docs/models.md for the measurements).
 DEFAULT_CPU_WIDTH = 0.125
 
 # VGG16 configuration "D": channel counts, "M" = 2×2/2 max-pool.
