@@ -28,6 +28,7 @@ def count_reads(monkeypatch, slide, attr="read_region"):
 def test_chunk_size_rule():
     assert chunk_size(Level((3000, 2000), 1.0, tile=(240, 240))) == 512  # small tile
     assert chunk_size(Level((3000, 2000), 1.0, tile=(256, 256))) == 256  # native tile
+    assert chunk_size(Level((1500, 1000), 2.0005, tile=(256, 256))) == 512  # misaligned
     assert chunk_size(Level((3000, 2000), 1.0, tile=(16, 2000))) == 512  # strips
     assert chunk_size(Level((100_000, 200_000), 1.0)) == 1024  # huge level
     assert chunk_size(Level((1500, 1000), 2.0, synthetic=True)) == 512
@@ -40,6 +41,7 @@ def test_pyramid_shapes_and_chunks():
         assert [a.shape[:2] for a in pyr] == [lv.shape for lv in s.levels]
         assert all(a.dtype == np.uint8 and a.shape[2] == 3 for a in pyr)
         assert pyr[0].chunksize[:2] == (256, 256)  # TCGA's native JPEG 2000 tiles
+        assert pyr[1].chunksize[:2] == (512, 512)  # downsample 2.0005: not tile-aligned
         assert max(pyr[-1].shape[:2]) < 1024  # napari's whole-slide view is small
 
 

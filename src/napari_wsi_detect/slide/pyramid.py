@@ -27,9 +27,14 @@ _token = itertools.count()
 
 
 def chunk_size(level: Level) -> int:
-    """Square chunk edge for `level`: the native tile when it is square and at least
-    256 px (reads then never straddle tiles), else 512, or 1024 for huge levels."""
-    if level.tile is not None and not level.synthetic:
+    """Square chunk edge for `level`: the native tile when it is square, at least 256 px
+    and the downsample is an integer (reads then never straddle tiles), else 512, or 1024
+    for huge levels."""
+    # A non-integer downsample (TCGA level 1: 2.0005) makes OpenSlide's level-0 origins
+    # land between pixels, so every chunk also decodes its neighbours' tiles: there a
+    # bigger chunk halves the waste (measured 2x slower with 256-px chunks).
+    integer_ds = abs(level.downsample - round(level.downsample)) < 1e-9
+    if level.tile is not None and not level.synthetic and integer_ds:
         th, tw = level.tile
         if th == tw and 256 <= th <= _MAX_NATIVE_CHUNK:
             return int(th)
