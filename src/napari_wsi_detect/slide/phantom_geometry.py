@@ -34,15 +34,19 @@ def raster_polygon(
 
 def points_in_polygon(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Even-odd test of points (x, y) (1-D arrays) against polygon (N, 2)."""
-    x = np.asarray(x, dtype=np.float64)[:, None]
-    y = np.asarray(y, dtype=np.float64)[:, None]
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
     x1, y1 = poly[None, :, 0], poly[None, :, 1]
     x2, y2 = np.roll(poly[:, 0], -1)[None, :], np.roll(poly[:, 1], -1)[None, :]
-    cross = (y1 <= y) != (y2 <= y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xi = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    hits = cross & (x < xi)
-    return (hits.sum(axis=1) & 1).astype(bool)
+    out = np.empty(x.shape, dtype=bool)
+    chunk = max(1, 250_000 // len(poly))  # bounds the (points, edges) temporaries
+    for i in range(0, x.size, chunk):
+        px, py = x[i : i + chunk, None], y[i : i + chunk, None]
+        cross = (y1 <= py) != (y2 <= py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xi = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+        out[i : i + chunk] = ((cross & (px < xi)).sum(axis=1) & 1).astype(bool)
+    return out
 
 
 def polygon_area(poly: np.ndarray) -> float:

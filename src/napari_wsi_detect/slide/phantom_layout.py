@@ -156,7 +156,7 @@ class PhantomLayout:
         capsule = smoothstep(-3.0, 2.0, node_um) * (1.0 - smoothstep(cap_um - 4.0, cap_um + 4.0, node_um))
         core = smoothstep(cap_um - 4.0, cap_um + 4.0, node_um)
         # hilar fat islands deep inside and perinodal fat outside the capsule
-        hilum = smoothstep(0.35, 0.55, fbm(x, y, self.px(700.0), s + 12, 3)) * smoothstep(250.0, 450.0, node_um)
+        hilum = smoothstep(0.42, 0.47, fbm(x, y, self.px(700.0), s + 12, 3)) * smoothstep(250.0, 450.0, node_um)
         fat = np.maximum(1.0 - smoothstep(-3.0, 2.0, node_um), hilum)
         # thin fibrous trabeculae: ridges of a noise field, only inside the node
         ridge = np.abs(fbm(x, y, self.px(450.0), s + 13, 2))
@@ -170,7 +170,7 @@ class PhantomLayout:
         fat_septa = septa * 0.8
         tissue = smoothstep(-1.5, 1.5, depth_um)
         lymph = np.clip(core * (1.0 - hilum) * (1.0 - trab), 0.0, 1.0)
-        density = np.clip(1.0 - 0.7 * sinus - 0.25 * gc + 0.1 * mantle, 0.15, 1.0)
+        density = np.clip(1.0 - 0.7 * sinus - 0.4 * gc + 0.1 * mantle, 0.15, 1.0)
         # fibre direction: tangential in the capsule, wandering elsewhere
         wander = math.pi * value_noise(x, y, self.px(300.0), s + 16)
         fibre = np.where(capsule > 0.5, theta + math.pi / 2, wander)

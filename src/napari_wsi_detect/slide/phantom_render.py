@@ -233,13 +233,13 @@ class PhantomRenderer:
         if cx.size:
             f = lay.fields(cx, cy)
             u = [hash_uniform(gi, gj, s + 51, k) for k in range(2, 14)]
-            p = f["lymph"] * f["density"] * (f["depth_um"] > 3)
+            p = f["lymph"] * f["density"] * (f["depth_um"] > 3) * (f["fat"] < 0.3)
             keep = (u[0] < p) & (lay.lesion_at(cx, cy) == 0) & ~self._suppressed(cx, cy, 6.5 * um)
             n = int(keep.sum())
             if n:
                 u = [a[keep] for a in u]
                 gc = f["gc"][keep]
-                big = u[1] < 0.55 * gc  # centroblasts in germinal centres
+                big = u[1] < 0.7 * gc  # centroblasts in germinal centres
                 histio = ~big & (u[1] > 1.0 - (0.025 + 0.08 * f["sinus"][keep]))
                 a = np.where(big, 4.1 + 1.0 * u[2], np.where(histio, 5.2 + 1.2 * u[2], 2.95 + 0.6 * u[2]))
                 b = a * np.where(histio, 0.62 + 0.15 * u[3], 0.86 + 0.12 * u[3])
