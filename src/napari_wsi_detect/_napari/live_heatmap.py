@@ -42,6 +42,7 @@ class DetectionRequest:
     region: tuple[int, int, int, int] | None = None
     store: HeatmapStore | None = None  # a previous run's store, resumed when it matches
     roi_cells: int | None = None  # None: the engine's default for the device
+    use_tissue: bool = True  # False: every ROI of the region, background included
 
 
 @dataclass
@@ -98,7 +99,7 @@ def detection_job(request: DetectionRequest, cancel: threading.Event
         geometry = MapGeometry.for_slide(shape0, slide.mpp, config.get("mpp"), request.alpha,
                                          patch, stride)
         roi_cells = request.roi_cells or default_roi_cells(str(device), request.alpha)
-        tissue = compute_tissue_mask(slide)
+        tissue = compute_tissue_mask(slide) if request.use_tissue else None
         rois = plan_rois(shape0, geometry, roi_cells, tissue, request.region)
         norm = Normalisation.from_config(config)
         params = {"alpha": request.alpha, "model": model_fingerprint(config),
@@ -157,8 +158,14 @@ class LiveHeatmap:
         ty, tx = (float(v) for v in slide_layer.translate[-2:])
         sy, sx = geometry.napari_scale(k)
         oy, ox = geometry.napari_translate(k)
+        from napari_wsi_detect._napari.layers import supports_units
+
+        extra: dict[str, Any] = {}
+        if supports_units():  # same units as the slide, or napari stops using units
+            extra["units"] = tuple(str(u) for u in slide_layer.units[-2:])
         self.layer = viewer.add_image(
             self.array,
+            **extra,
             name=name,
             colormap="inferno",
             contrast_limits=(0.0, 1.0),
