@@ -155,7 +155,8 @@ class Prefetcher:
         self.close()
         raise ProducerError(
             f"prefetch producer {i} stopped (exit code {code}) without reporting an error "
-            "(killed, out of memory, or a crash in a slide decoder)"
+            "(killed, out of memory, a crash in a slide decoder, or a script without an "
+            "`if __name__ == '__main__':` guard, which spawned processes need)"
         )
 
     def get(self) -> Any:

@@ -407,8 +407,8 @@ class _Metrics:
         self.path = path
         rows = []
         if resume_step is not None and path.is_file():
-            # Drop rows after the checkpoint: they will be recomputed identically.
-            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) < resume_step]
+            # Drop rows after the checkpoint: those steps are recomputed (identically).
+            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= resume_step]
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, METRIC_FIELDS)
@@ -567,7 +567,7 @@ def train_metastases(
                     with torch.no_grad():
                         acc = float((patch_logits(outp).argmax(1) == y).float().mean())
                     step += 1
-                    row = {"step": step, "stage": stage, "loss": round(float(loss), 6),
+                    row = {"step": step, "stage": stage, "loss": round(loss.item(), 6),
                            "accuracy": round(acc, 4), "lr": opt.param_groups[0]["lr"],
                            "data_wait_s": round(pf.wait_time - w0, 4),
                            "step_s": round(time.perf_counter() - t0, 4),
@@ -579,7 +579,7 @@ def train_metastases(
                     metrics.write(row)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{float(loss):.3f}", stage=stage)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", stage=stage)
                     if step % cfg.checkpoint_every == 0:
                         ckpt()
         if step < total:
