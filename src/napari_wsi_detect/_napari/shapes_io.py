@@ -391,14 +391,18 @@ def points_to_features(data: np.ndarray, meta: dict[str, Any], mpp: float | None
     faces = meta.get("face_color")
     faces = np.asarray(faces) if faces is not None and np.ndim(faces) == 2 else None
     out = []
+    seen: set[str] = set()
     for i in range(n):
+        # A MultiPoint read in becomes points sharing one id; QuPath needs them unique.
+        fid = str(ids[i]) if _is_uuid(ids[i]) and str(ids[i]) not in seen else str(uuid.uuid4())
+        seen.add(fid)
         cls = str(classes[i] or MITOSIS_CLASS[0])
         m = {k: float(table[k][i]) for k in measure_keys if math.isfinite(float(table[k][i]))}
         otype = types[i] if types[i] in ("annotation", "detection") else "detection"
         out.append(Feature(
             {"type": "Point", "coordinates": [float(xy[i, 0]), float(xy[i, 1])]}, otype, cls,
             _class_color(cls, faces[i] if faces is not None and len(faces) > i else None), m,
-            None, str(ids[i]) if _is_uuid(ids[i]) else str(uuid.uuid4()),
+            None, fid,
         ))
     return out
 
