@@ -69,9 +69,19 @@ def slide_false_positives(slide: object, predictor: DensePredictor, candidates: 
     from ..engine.run import Normalisation, run_heatmap
     from ..slide.tissue import compute_tissue_mask
 
+    h0, w0 = slide.levels[0].shape
     if tissue is None:
         tissue = compute_tissue_mask(slide)
-    h0, w0 = slide.levels[0].shape
+    if not np.asarray(tissue.mask).any():
+        # The tissue detector found nothing (it happens on some slides); fall back to the
+        # cells the sampler trains on, so the slide is still mined where it was trained.
+        from ..slide.tissue import TissueMask
+
+        cells = np.zeros(candidates.grid_shape, bool).reshape(-1)
+        cells[candidates.normal] = True
+        cells[candidates.tumour] = True
+        tissue = TissueMask(cells.reshape(candidates.grid_shape), candidates.cell,
+                            slide.mpp, (h0, w0))
     geometry = MapGeometry.for_slide((h0, w0), slide.mpp, model_mpp, alpha=alpha)
     cells = roi_cells or default_roi_cells(str(device), alpha)
     rois = plan_rois((h0, w0), geometry, cells, tissue_mask=tissue)
