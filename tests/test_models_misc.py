@@ -116,6 +116,7 @@ def test_bf16_path_is_close_but_optional():
 def test_bench_quick_smoke(capsys, tmp_path):
     from napari_wsi_detect.benchmarks import scannet as bench
 
+    assert bench.DEFAULT_CPU_WIDTH == DEFAULT_CPU_WIDTH
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "r.json"

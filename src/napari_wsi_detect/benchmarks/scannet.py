@@ -29,9 +29,12 @@ from typing import Any
 PAPER = {"patchwise_speedup": 195.0, "alpha_cost_ratio": 1.10, "sas_speedup": 3.65}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.scannet import DEFAULT_CPU_WIDTH
+# = models.scannet.DEFAULT_CPU_WIDTH (tested); not imported so that building the CLI
+# parser does not import torch.
+DEFAULT_CPU_WIDTH = 0.125
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=DEFAULT_CPU_WIDTH,
                         help=f"channel width multiplier (default {DEFAULT_CPU_WIDTH}; "
                              "1.0 = full VGG16)")
