@@ -27,7 +27,9 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.scannet import DEFAULT_CPU_WIDTH
+    # The torch-free copy of models.scannet.DEFAULT_CPU_WIDTH: building the CLI parser
+    # must not import torch.
+    from .scannet import DEFAULT_CPU_WIDTH
 
     parser.add_argument("--size", type=int, nargs=2, default=(16384, 12288),
                         metavar=("W", "H"), help="phantom size (default 16384 12288)")
