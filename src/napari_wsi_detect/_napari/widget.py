@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -120,6 +121,9 @@ class DetectMetastasesWidget(QWidget):
         self.max_swap_s = 0.0  # longest main-thread swap of the regions layer
         self._post_worker: Any = None
         self._post_pending = False
+        self._failed = False
+        self._events: collections.deque = collections.deque()
+        self._handling = False
 
         self._build()
         self._debounce = QTimer(self)
@@ -278,8 +282,9 @@ class DetectMetastasesWidget(QWidget):
         idx = np.array([layer.world_to_data(p)[-2:] for p in corners_world], dtype=float)
         xy = idx[:, ::-1] + 0.5  # pixel index (centre) -> level-0 corner coordinates
         h0, w0 = self._slide_shape0(layer)
-        x0, y0 = np.clip(np.floor(xy.min(axis=0)), 0, [w0, h0]).astype(int)
-        x1, y1 = np.clip(np.ceil(xy.max(axis=0)), 0, [w0, h0]).astype(int)
+        eps = 1e-3  # float32 shape data: 1023.99998 means 1024
+        x0, y0 = np.clip(np.floor(xy.min(axis=0) + eps), 0, [w0, h0]).astype(int)
+        x1, y1 = np.clip(np.ceil(xy.max(axis=0) - eps), 0, [w0, h0]).astype(int)
         if x1 <= x0 or y1 <= y0:
             raise WsiDetectError("the chosen region does not overlap the slide")
         return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
@@ -353,6 +358,7 @@ class DetectMetastasesWidget(QWidget):
 
         self._slide_layer = layer
         self._run_new_layers = []
+        self._failed = False
         self._cancel = threading.Event()
         self.max_callback_s = 0.0
         # Connecting "errored" here also stops superqt re-raising the error in the main
@@ -376,6 +382,22 @@ class DetectMetastasesWidget(QWidget):
             self.status_label.setText("Cancelling after the current ROI…")
 
     def _on_event(self, event: Any) -> None:
+        """Handle worker events strictly in order. napari's progress bar (and a refresh)
+        may process Qt events, which would deliver the next tile re-entrantly, before the
+        current one is handled; such events are queued and drained here instead."""
+        self._events.append(event)
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._events:
+                self._handle(self._events.popleft())
+        finally:
+            self._handling = False
+
+    def _handle(self, event: Any) -> None:
+        if self._failed:  # events queued before the error of this run arrived: drop them
+            return
         t = time.perf_counter()
         try:
             if isinstance(event, HeatmapTile):
@@ -421,9 +443,10 @@ class DetectMetastasesWidget(QWidget):
             self._heatmap.add_tile(tile)
         eta = f", about {tile.eta:.0f} s left" if tile.eta is not None else ""
         text = f"ROI {tile.done} of {tile.total}{eta}"
-        if self._progress is not None:
-            self._progress.set_description(f"Detecting metastases: {text}")
-            self._progress.update(1)
+        bar = self._progress  # set_description may process events, "finished" included
+        if bar is not None:
+            bar.set_description(f"Detecting metastases: {text}")
+            bar.update(1)
         self.status_label.setText(text)
 
     def _on_outcome(self, out: JobOutcome) -> None:
@@ -442,6 +465,7 @@ class DetectMetastasesWidget(QWidget):
         self._run_new_layers = []  # this run's layers are now a valid result
 
     def _on_error(self, exc: BaseException) -> None:
+        self._failed = True
         # No half-made result: drop what this run added, and its store.
         for layer in self._run_new_layers:
             if layer in self.viewer.layers:
@@ -502,9 +526,9 @@ class DetectMetastasesWidget(QWidget):
 
     def update_regions(self) -> None:
         """Re-run post-processing on the stored map (never the network) in a worker
-        thread and swap in the new "metastases" layer. Building a Shapes layer
-        triangulates every polygon, seconds for ragged maps, so it must not run on the
-        main thread; moves made meanwhile are coalesced into one more update."""
+        thread, then swap in the new "metastases" layer on the main thread; moves made
+        meanwhile are coalesced into one more update. (The Shapes layer itself is built
+        on the main thread: building it in a worker crashed the GL drawing under Mesa.)"""
         from napari.qt.threading import create_worker
 
         if self._prob is None or self._geometry is None:
@@ -523,8 +547,10 @@ class DetectMetastasesWidget(QWidget):
 
     def _on_regions(self, built: tuple) -> None:
         t = time.perf_counter()
-        self._regions, score, layer, self.postprocess_s = built
-        self._swap_regions_layer(layer)
+        from napari.layers import Layer
+
+        self._regions, score, layer_data, self.postprocess_s = built
+        self._swap_regions_layer(Layer.create(*layer_data))
         text = "–" if not math.isfinite(score) else f"{score:.3f}"
         n = len(self._regions)
         self.score_label.setText(f"Slide score: {text}   ·   {n} region{'s' if n != 1 else ''}")
@@ -688,10 +714,8 @@ class DetectMetastasesWidget(QWidget):
 
 def _build_regions(prob: np.ndarray, geometry: Any, th: dict[str, float],
                    layer_mpp: float | None) -> tuple[list, float, Any, float]:
-    """Worker-thread half of `update_regions`: regions, slide score, and the Shapes layer
-    object, built (and triangulated) here; the main thread only adds it."""
-    from napari.layers import Layer
-
+    """Worker-thread half of `update_regions`: regions, slide score and the Shapes layer
+    data (napari-free), plus the seconds extract_regions took."""
     from napari_wsi_detect.postprocess.regions import extract_regions, slide_score
 
     t = time.perf_counter()
@@ -701,7 +725,7 @@ def _build_regions(prob: np.ndarray, geometry: Any, th: dict[str, float],
     score = slide_score(prob)
     data = regions_to_layer_data(regions, layer_mpp, name=REGIONS_NAME,
                                  metadata={"thresholds": th, "slide_score": score})
-    return regions, score, Layer.create(*data), seconds
+    return regions, score, data, seconds
 
 
 def _finite(v: float) -> float | None:
