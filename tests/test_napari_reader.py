@@ -65,7 +65,8 @@ def test_manifest_is_valid() -> None:
 
     mf = PluginManifest.from_distribution("napari-wsi-detect")
     assert mf.display_name == "WSI Detect"
-    assert [r.command for r in mf.contributions.readers] == ["napari-wsi-detect.get_reader"]
+    readers = {r.command: r for r in mf.contributions.readers}
+    assert "*.svs" in readers["napari-wsi-detect.get_reader"].filename_patterns
     assert mf.contributions.sample_data[0].display_name == "Phantom lymph node"
 
 
