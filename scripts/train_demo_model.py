@@ -44,7 +44,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--hard-negative-steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--size", type=int, nargs=2, default=(4096, 3072))
     ap.add_argument("--seed", type=int, default=0)
@@ -74,7 +75,8 @@ def main() -> int:
 
     cfg = TrainConfig(width=args.width, steps=args.steps, hard_negatives=True,
                       hard_negative_steps=args.hard_negative_steps,
-                      batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+                      batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                      workers=args.workers,
                       seed=args.seed, val_every=25, checkpoint_every=50, val_patches=128,
                       device="cpu")
     res = train_metastases(slides, work / "run", cfg, val_slides=val, resume=True)
