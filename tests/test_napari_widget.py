@@ -32,7 +32,9 @@ def _has_display() -> bool:
 def viewer(request):
     if not _has_display():
         pytest.skip("no display: run GUI tests under xvfb-run (scripts/run.sh test does)")
-    return request.getfixturevalue("make_napari_viewer")(show=True)
+    # Hidden: these tests need no pixels, and not drawing avoids sporadic Mesa crashes in
+    # glDrawArrays when several shown viewers are torn down in one session.
+    return request.getfixturevalue("make_napari_viewer")(show=False)
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,20 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def heatmap_colormap() -> Any:
+    """Inferno with transparency: 0 (not computed, or surely normal) is fully transparent,
+    so the slide shows through; any probability above ~0.02 gets an inferno colour at
+    55-80 % opacity. (Additive blending vanishes on the bright H&E background.)"""
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.colormap_utils import ensure_colormap
+
+    inferno = ensure_colormap("inferno")
+    controls = np.array([0.0, 0.02, 0.25, 0.5, 0.75, 1.0])
+    colors = inferno.map(np.maximum(controls, 0.15)).copy()
+    colors[:, 3] = [0.0, 0.55, 0.6, 0.65, 0.75, 0.8]
+    return Colormap(colors=colors, controls=controls, name="wsi-detect probability")
+
+
 class LiveHeatmap:
     """An image layer on the slide that fills as tiles arrive (main thread only)."""
 
@@ -167,10 +181,10 @@ class LiveHeatmap:
             self.array,
             **extra,
             name=name,
-            colormap="inferno",
+            colormap=heatmap_colormap(),
             contrast_limits=(0.0, 1.0),
-            opacity=0.6,
-            blending="additive",
+            opacity=1.0,
+            blending="translucent",
             scale=(sy, sx),
             translate=(ty + oy, tx + ox),
             interpolation2d="nearest",
