@@ -59,12 +59,35 @@ def froc_of_slide(slide_path: Path, regions: list, mpp: float) -> dict[str, Any]
     return out
 
 
+HEATMAP_CMAP = "inferno"
+HEATMAP_CLEAR = 0.1  # below this the overlay is fully transparent: the slide stays readable
+HEATMAP_OPAQUE = 0.5  # from the detection threshold up the overlay has its full opacity
+HEATMAP_MAX_ALPHA = 0.75
+
+
+def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
+    """(rows, cols, 4) float overlay: colour by probability, opacity ramping from 0 at
+    HEATMAP_CLEAR to HEATMAP_MAX_ALPHA at HEATMAP_OPAQUE; NaN (not computed) transparent.
+    A flat semi-transparent map would tint the whole tissue and hide the histology."""
+    import matplotlib
+
+    p = np.asarray(heatmap, dtype=float)
+    finite = np.isfinite(p)
+    q = np.clip(np.where(finite, p, 0.0), 0.0, 1.0)
+    rgba = matplotlib.colormaps[HEATMAP_CMAP](q)
+    ramp = np.clip((q - HEATMAP_CLEAR) / (HEATMAP_OPAQUE - HEATMAP_CLEAR), 0.0, 1.0)
+    rgba[..., 3] = np.where(finite, ramp * HEATMAP_MAX_ALPHA, 0.0)
+    return rgba
+
+
 def render_overview(slide, heatmap: np.ndarray, geometry, regions: list, truth, path: Path,
                     title: str = "") -> Path:
     """Two panels: thumbnail with truth (green) and detections (by score); the heatmap."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     level = len(slide.levels) - 1
@@ -80,12 +103,12 @@ def render_overview(slide, heatmap: np.ndarray, geometry, regions: list, truth, 
         ax.set_ylim(h0, 0)
         ax.set_xticks([])
         ax.set_yticks([])
-    hm = np.ma.masked_invalid(np.asarray(heatmap, dtype=float))
     cell = geometry.cell_size0
-    rows, cols = hm.shape
-    im = ax2.imshow(hm, extent=(0, cols * cell, rows * cell, 0), cmap="inferno",
-                    vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
-    fig.colorbar(im, ax=ax2, fraction=0.035, label="tumour probability")
+    rows, cols = np.asarray(heatmap).shape
+    ax2.imshow(heatmap_rgba(heatmap), extent=(0, cols * cell, rows * cell, 0),
+               interpolation="nearest")
+    sm = ScalarMappable(Normalize(0, 1), HEATMAP_CMAP)
+    fig.colorbar(sm, ax=ax2, fraction=0.035, label="tumour probability")
     for tumour in truth.tumours if truth is not None else []:
         poly = np.asarray(tumour.polygon)
         ax1.plot(poly[:, 0], poly[:, 1], "-", color="lime", lw=1.2)
@@ -96,7 +119,7 @@ def render_overview(slide, heatmap: np.ndarray, geometry, regions: list, truth, 
             for ring in [outer, *holes]:
                 ax1.plot(ring[:, 0], ring[:, 1], "-", color=cmap(region.max_prob), lw=1.0)
     ax1.set_title("truth (green) and detections (yellow→red by score)", fontsize=10)
-    ax2.set_title("metastasis heatmap", fontsize=10)
+    ax2.set_title(f"metastasis heatmap (p < {HEATMAP_CLEAR:g} transparent)", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
