@@ -212,7 +212,8 @@ class Prefetcher:
             if p.is_alive():  # pragma: no cover - SIGTERM ignored: last resort
                 p.kill()
                 p.join(timeout=2.0)
-        self._drain()
+        # No drain here: a producer terminated in the middle of a put leaves a partial
+        # message in the pipe, and reading it would block forever (seen in CI).
         for q in (self._tasks, self._results):
             q.cancel_join_thread()
             q.close()
