@@ -68,6 +68,8 @@ class SlideRun:
     timings: dict[str, Any]
     lesions: list[dict[str, Any]] = field(default_factory=list)
     false_positives: list[dict[str, Any]] = field(default_factory=list)
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # for re-post-processing
+    geometry: Any = field(default=None, repr=False)
 
 
 # --- test set -------------------------------------------------------------------------
@@ -127,9 +129,45 @@ def run_slide(variant: Variant, seed: int, slide_path: Path, run_dir: Path,
                             f"{res.slide_score:.3f}, {len(res.regions)} regions")
     run = SlideRun(slide_path, seed, bool(truth.tumours), float(res.slide_score),
                    detections_of(res.regions), [r.to_dict() for r in res.regions],
-                   round(seconds, 2), dict(res.timings))
+                   round(seconds, 2), dict(res.timings), heatmap=heatmap,
+                   geometry=res.geometry)
     describe_lesions_and_fps(run, truth, heatmap, res.geometry)
     return run
+
+
+def sweep_postprocessing(runs: list[SlideRun], openings_um: list[float],
+                         min_areas_um2: list[float]) -> list[dict[str, Any]]:
+    """FROC and detection rates when only the post-processing changes (same heatmaps).
+    Diagnostic: chosen on the test set, so not a fair headline figure."""
+    from dataclasses import replace
+
+    from napari_wsi_detect.demo import detections_of
+    from napari_wsi_detect.postprocess.regions import extract_regions
+    from napari_wsi_detect.slide.phantom import load_phantom_truth
+
+    out = []
+    for opening in openings_um:
+        for min_area in min_areas_um2:
+            new = []
+            for run in runs:
+                regions = extract_regions(run.heatmap, run.geometry, threshold=0.5,
+                                          opening_um=opening, min_area_um2=min_area)
+                r = replace(run, detections=detections_of(regions),
+                            regions=[x.to_dict() for x in regions], lesions=[],
+                            false_positives=[])
+                describe_lesions_and_fps(r, load_phantom_truth(run.slide), run.heatmap,
+                                         run.geometry)
+                new.append(r)
+            froc, _, figures = score_variant(new)
+            rate = figures["detection_rate"]
+            out.append({"opening_um": opening, "min_area_um2": min_area, "froc": froc.score,
+                        "sensitivity_at_fp_per_slide": figures["sensitivity_at_fp_per_slide"],
+                        "fp_regions_per_slide": figures["regions_at_0_5"]["fp_per_slide"],
+                        "detected": {k: f"{v['detected']}/{v['n']}" for k, v in rate.items()}})
+            print(f"  post-processing opening {opening:g} µm, min area {min_area:g} µm²: "
+                  f"FROC {froc.score:.4f}, {out[-1]['fp_regions_per_slide']:.1f} FP "
+                  f"regions/slide, detected {out[-1]['detected']}", flush=True)
+    return out
 
 
 def describe_lesions_and_fps(run: SlideRun, truth: Any, heatmap: np.ndarray,
@@ -332,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-plot",
                     default=str(REPO / "docs" / "images" / "froc-demo-variants.png"))
     ap.add_argument("--no-overview", action="store_true", help="skip the per-slide PNGs")
+    ap.add_argument("--sweep-opening-um", type=float, nargs="*", default=[8, 16, 32],
+                    help="diagnostic: re-post-process the final α=2 heatmaps with these "
+                         "opening radii (µm)")
+    ap.add_argument("--sweep-min-area-um2", type=float, nargs="*", default=[0, 20000],
+                    help="diagnostic: ... and these minimum region areas (µm²)")
     args = ap.parse_args(argv)
 
     from napari_wsi_detect.evaluation.plots import plot_froc
@@ -377,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rate['itc']['detected']}/{rate['itc']['n']}, "
               f"{figures['regions_at_0_5']['fp_per_slide']:.2f} FP regions/slide", flush=True)
         froc_dict = froc.to_dict()
+        sweep = (sweep_postprocessing(runs, args.sweep_opening_um, args.sweep_min_area_um2)
+                 if v.name == "final α=2" and args.sweep_opening_um else None)
         report["variants"][v.name] = {
             "model": str(v.model), "weights_sha256": cfg.get("weights_sha256"),
             "alpha": v.alpha, "description": v.description, "run_folders": str(work / "runs" / tag),
@@ -384,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             "lesions": [les for r in runs for les in r.lesions],
             "false_positives": [fp for r in runs for fp in r.false_positives],
             "timings": {r.slide.stem: r.timings for r in runs},
+            "postprocessing_sweep": sweep,
         }
 
     main_name = next((n for n in results if n.startswith("final") and n.endswith("=2")),
