@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     slide = out / "phantom.tif"
     if not slide.exists():
-        write_phantom(slide, seed=7, size=(4096, 3072), mpp=0.243)
+        # Test-set seed of `wsi-detect demo` (disjoint from the training phantoms).
+        write_phantom(slide, seed=9001, size=(6144, 4608), mpp=0.243)
     if (BUNDLED_DIR / "demo.json").is_file():
         model = "demo"
     else:
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     viewer.window.add_dock_widget(w, name="Detect metastases")
     if model != "demo":
         w.set_model_path(model)
-    w.tissue_check.setChecked(False)  # the tissue mask finds nothing on current phantoms
 
     gaps: list[float] = []
     last = [time.perf_counter()]
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         QCoreApplication.processEvents()
     print(f"slider -> regions {time.perf_counter() - t1:.2f} s (extract_regions "
           f"{w.postprocess_s * 1000:.0f} ms), {len(w._regions)} regions")
+    # The picture shows what a user sees after Detect: the model's default threshold.
+    w.restore_defaults()
+    QCoreApplication.processEvents()
+    while w.postprocessing or w._debounce.isActive():
+        QCoreApplication.processEvents()
     if args.screenshot:
         from napari._qt.dialogs.qt_notification import NapariQtNotification
 
