@@ -8,7 +8,9 @@ negative mining as stage 2, validated on held-out phantoms (seeds 108 tumour, 10
 normal), and saved as `src/napari_wsi_detect/models/bundled/demo.safetensors` + `demo.json`
 whose config records the phantom seeds, the training seed, steps and the scores
 (held-out patch accuracy / AUC and the false positives per training slide on normal
-tissue before and after hard negative mining).
+tissue before and after hard negative mining). The stage-1 model (before hard negative
+mining) is kept too, outside the package (`--stage1-out`, default WORK/stage1), for
+scripts/evaluate_demo_model.py's stage 1 vs stage 2 comparison.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--size", type=int, nargs=2, default=(4096, 3072))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage1-out", default=None,
+                    help="also save the stage-1 model (before hard negative mining) at this "
+                         "path stem, for scripts/evaluate_demo_model.py (default: "
+                         "WORK/stage1; never inside the package)")
     args = ap.parse_args()
 
     from napari_wsi_detect.models.anchor import densify
@@ -79,6 +85,27 @@ def main() -> int:
                       workers=args.workers,
                       seed=args.seed, val_every=25, checkpoint_every=50, val_patches=128,
                       device="cpu")
+    # Stage 1 runs as its own call (stopping exactly at the end of stage 1, as an
+    # interrupted run would) so that its model can be kept; the second call resumes from
+    # that checkpoint, which the trainer reproduces exactly, and mines + runs stage 2.
+    from napari_wsi_detect.training.trainer import latest_checkpoint
+
+    stage1_out = Path(args.stage1_out) if args.stage1_out else work / "stage1"
+    ck = latest_checkpoint(work / "run")
+    done = json.loads((ck / "state.json").read_text())["step"] if ck else 0
+    if done <= args.steps:
+        res1 = train_metastases(slides, work / "run", cfg, val_slides=val, resume=True,
+                                stop_after=args.steps)
+        net1, cfg1 = load_model(res1.config_path, device="cpu")
+        cfg1 = {k: v for k, v in cfg1.items() if not k.startswith("_")
+                and k not in ("weights", "weights_sha256", "created", "package_version",
+                              "format_version")}
+        cfg1["name"] = "demo-stage1"
+        stage1_out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"stage-1 model saved to {save_model(net1, stage1_out, cfg1)[0]}")
+    else:
+        print(f"the run in {work / 'run'} is past stage 1 (step {done}); the stage-1 model "
+              f"is not saved again (an earlier one may be at {stage1_out}.safetensors)")
     res = train_metastases(slides, work / "run", cfg, val_slides=val, resume=True)
 
     # False positives on the training slides' normal tissue after stage 2, counted the
