@@ -6,8 +6,7 @@ imports torch, Qt or napari until they are needed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -20,10 +19,5 @@ _LAZY = {
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'napari_wsi_detect' has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)
+__all__ = __all__ + ["__version__"]

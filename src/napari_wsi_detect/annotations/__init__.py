@@ -3,8 +3,7 @@ JSON (read). Coordinates are level-0 pixels (x, y), origin top-left."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "Feature": "napari_wsi_detect.annotations.geojson",
@@ -17,10 +16,4 @@ _LAZY = {
     "read_camelyon_json": "napari_wsi_detect.annotations.camelyon_json",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

@@ -7,8 +7,7 @@ Names are imported lazily: `import napari_wsi_detect.engine` does not import tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "MapGeometry": "napari_wsi_detect.engine.plan",
@@ -27,10 +26,4 @@ _LAZY = {
     "read_roi": "napari_wsi_detect.engine.reader",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

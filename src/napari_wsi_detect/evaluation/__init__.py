@@ -8,8 +8,7 @@ evaluation modules (detection F1, segmentation Dice) add their names to `_LAZY`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "EvaluationError": "napari_wsi_detect.evaluation.froc",
@@ -25,10 +24,4 @@ _LAZY = {
     "load_truth": "napari_wsi_detect.evaluation.froc_io",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

@@ -6,8 +6,7 @@ does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "ScanNetFCN": "napari_wsi_detect.models.scannet",
@@ -27,10 +26,4 @@ _LAZY = {
     "resolve_device": "napari_wsi_detect.models.device",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'napari_wsi_detect.models' has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

@@ -3,8 +3,7 @@ with holes, slide score). Re-run on every slider move; never touches the network
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "Region": "napari_wsi_detect.postprocess.regions",
@@ -12,10 +11,4 @@ _LAZY = {
     "slide_score": "napari_wsi_detect.postprocess.regions",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

@@ -7,8 +7,7 @@ trainer (torch) is imported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "AugmentConfig": "augment",
@@ -26,10 +25,4 @@ _LAZY = {
     "train_metastases": "trainer",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = attach(__name__, _LAZY)

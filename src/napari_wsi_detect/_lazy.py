@@ -1,0 +1,22 @@
+"""Lazy attribute tables for package `__init__` modules.
+
+Importing a package must stay cheap (no torch, Qt or napari until a name is used), so
+each package lists its public names with the module that defines them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def attach(package: str, table: dict[str, str]) -> tuple[Callable[[str], Any], list[str]]:
+    """`(__getattr__, __all__)` for `package`, resolving `name` from `table[name]`."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__, sorted(table)
