@@ -14,8 +14,6 @@ _LAZY = {
     "open_slide": "napari_wsi_detect.slide",
     "Slide": "napari_wsi_detect.slide.base",
     "detect_metastases": "napari_wsi_detect.api",
-    "detect_mitoses": "napari_wsi_detect.api",
-    "segment_tumour": "napari_wsi_detect.api",
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 
