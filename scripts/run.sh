@@ -75,7 +75,7 @@ case "$cmd" in
   test)
     setup_venv
     ensure_display_packages
-    "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/ruff" check src tests scripts
     set +e
     with_display "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
     rc=$?
