@@ -289,11 +289,37 @@ def score_variant(runs: list[SlideRun]) -> tuple[Any, Any, dict[str, Any]]:
             "fp_within_50um_of_imposter": (sum(d < 50 for d in d_imp) / len(d_imp)
                                            if d_imp else None),
         },
+        # How far the ranking is from breaking: the weakest non-ITC lesion against the
+        # strongest false positive, in probability and in logit (p saturates near 1).
+        "margin": _margin([les["froc_score"] for les in lesions if not les["evaluation_itc"]],
+                          [fp["prob"] for fp in fps],
+                          [r.slide_score for r in tumour], [r.slide_score for r in normal]),
         "slide_scores": {r.slide.stem: r.slide_score for r in runs},
         "seconds": {"total": round(sum(r.seconds for r in runs), 1),
                     "per_slide_mean": round(float(np.mean([r.seconds for r in runs])), 1)},
     }
     return froc, roc, figures
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-7), 1 - 1e-7)  # float32 softmax saturates at 1 - 6e-8
+    return float(np.log(p / (1 - p)))
+
+
+def _margin(lesion_scores: list[float], fp_scores: list[float], tumour_slides: list[float],
+            normal_slides: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if lesion_scores and fp_scores:
+        lo, hi = min(lesion_scores), max(fp_scores)
+        out.update({"weakest_lesion": lo, "strongest_fp": hi,
+                    "logit_gap": round(_logit(lo) - _logit(hi), 2),
+                    "lesions_at_1.0": sum(x >= 1.0 for x in lesion_scores),
+                    "n_lesions": len(lesion_scores)})
+    if tumour_slides and normal_slides:
+        lo, hi = min(tumour_slides), max(normal_slides)
+        out.update({"lowest_tumour_slide": lo, "highest_normal_slide": hi,
+                    "slide_logit_gap": round(_logit(lo) - _logit(hi), 2)})
+    return out
 
 
 def plot_comparison(results: dict[str, tuple[Any, Any, dict]], path: Path) -> Path:
@@ -418,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rate['macro']['detected']}/{rate['macro']['n']}, micro "
               f"{rate['micro']['detected']}/{rate['micro']['n']}, ITC "
               f"{rate['itc']['detected']}/{rate['itc']['n']}, "
-              f"{figures['regions_at_0_5']['fp_per_slide']:.2f} FP regions/slide", flush=True)
+              f"{figures['regions_at_0_5']['fp_per_slide']:.2f} FP regions/slide; "
+              f"margin {figures['margin']}", flush=True)
         froc_dict = froc.to_dict()
         sweep = (sweep_postprocessing(runs, args.sweep_opening_um, args.sweep_min_area_um2)
                  if v.name == "final α=2" and args.sweep_opening_um else None)
