@@ -35,3 +35,11 @@ def phantom_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "phantom.tif"
     write_phantom(out, seed=7, size=(4096, 3072), mpp=0.243)
     return out
+
+
+def napari_viewer(request, show: bool):
+    """napari's `make_napari_viewer`, or skip when there is no display (creating a
+    QApplication without one aborts the process, so check before napari's fixture runs)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        pytest.skip("no display: run GUI tests under xvfb-run (scripts/run.sh test does)")
+    return request.getfixturevalue("make_napari_viewer")(show=show)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import pytest
 
-from conftest import shared_file
+from conftest import napari_viewer, shared_file
 from napari_wsi_detect._napari.reader import napari_get_reader, read_slides
 
 CMU = "slides/cmu-1-small-region.svs"
@@ -16,18 +15,11 @@ TCGA = "slides/tcga-cr-7395-01a-01-ts1.svs"
 BROKEN = "slides/broken.svs"
 
 
-def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
 
 @pytest.fixture
 def viewer(request):
-    # Check before napari's fixture runs: creating a QApplication with no display aborts.
-    if not _has_display():
-        pytest.skip("no display: run GUI tests under xvfb-run (scripts/run.sh test does)")
-    make_napari_viewer = request.getfixturevalue("make_napari_viewer")
     # Shown: a hidden canvas under Xvfb draws nothing, so screenshots would be black.
-    return make_napari_viewer(show=True)
+    return napari_viewer(request, show=True)
 
 
 def _process_events(ms: int) -> None:

@@ -8,7 +8,6 @@ depend on the tissue detector."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 pytest.importorskip("napari")
 
+from conftest import napari_viewer  # noqa: E402
 from napari_wsi_detect.engine.plan import MapGeometry, plan_rois  # noqa: E402
 from napari_wsi_detect.errors import WsiDetectError  # noqa: E402
 
@@ -24,17 +24,12 @@ MPP = 0.243
 REGION = (1024, 1024, 256, 256)  # level-0 x, y, w, h: 16 x 16 map cells at alpha 2
 
 
-def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
 
 @pytest.fixture
 def viewer(request):
-    if not _has_display():
-        pytest.skip("no display: run GUI tests under xvfb-run (scripts/run.sh test does)")
     # Hidden: these tests need no pixels, and not drawing avoids sporadic Mesa crashes in
     # glDrawArrays when several shown viewers are torn down in one session.
-    return request.getfixturevalue("make_napari_viewer")(show=False)
+    return napari_viewer(request, show=False)
 
 
 @pytest.fixture(scope="module")
