@@ -51,6 +51,17 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--size", type=int, nargs=2, default=(4096, 3072))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-model", default=None,
+                    help="start from this model (e.g. 'demo') instead of random weights; "
+                         "with --steps 0 the run mines hard negatives at once and only "
+                         "fine-tunes (a further mining round)")
+    ap.add_argument("--stage2-lr", type=float, default=None,
+                    help="learning rate of stage 2 (default: --lr)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--stage2-probs", type=float, nargs=3, default=(0.25, 0.25, 0.5),
+                    metavar=("NORMAL", "HARD", "TUMOUR"),
+                    help="stage-2 class probabilities")
+    ap.add_argument("--hnm-max-per-slide", type=int, default=2000)
     ap.add_argument("--stage1-out", default=None,
                     help="also save the stage-1 model (before hard negative mining) at this "
                          "path stem, for scripts/evaluate_demo_model.py (default: "
@@ -84,6 +95,10 @@ def main() -> int:
                       batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       workers=args.workers,
                       seed=args.seed, val_every=25, checkpoint_every=50, val_patches=128,
+                      stage2_lr=args.stage2_lr, label_smoothing=args.label_smoothing,
+                      init_model=args.init_model, hnm_max_per_slide=args.hnm_max_per_slide,
+                      stage2_class_probs=dict(zip(("normal", "hard", "tumour"),
+                                                  args.stage2_probs, strict=True)),
                       device="cpu")
     # Stage 1 runs as its own call (stopping exactly at the end of stage 1, as an
     # interrupted run would) so that its model can be kept; the second call resumes from
@@ -93,7 +108,9 @@ def main() -> int:
     stage1_out = Path(args.stage1_out) if args.stage1_out else work / "stage1"
     ck = latest_checkpoint(work / "run")
     done = json.loads((ck / "state.json").read_text())["step"] if ck else 0
-    if done <= args.steps:
+    if args.steps == 0:
+        print("no stage 1 (--steps 0): fine-tuning the initial model only")
+    elif done <= args.steps:
         res1 = train_metastases(slides, work / "run", cfg, val_slides=val, resume=True,
                                 stop_after=args.steps)
         net1, cfg1 = load_model(res1.config_path, device="cpu")
@@ -137,7 +154,8 @@ def main() -> int:
         "slides": [p.name for p in slides], "val_slides": [p.name for p in val],
         "data": {"phantom_seeds": train_seeds, "normal_seeds": sorted(normal),
                  "val_seeds": val_seeds, "phantom_size": list(args.size),
-                 "made_by": "scripts/train_demo_model.py"},
+                 "made_by": "scripts/train_demo_model.py",
+                 "init_model": args.init_model},
         "scores": scores, "seconds_total": round(seconds, 1),
         "seconds_phantoms": round(t_data, 1),
     }

@@ -109,3 +109,43 @@ def test_hard_negatives_are_found_at_the_lit_normal_cells():
     pts_n, _ = slide_false_positives(slide, LightsRed(16), cands_n, 0.243, alpha=2,
                                      tissue=Tissue(), roi_cells=16)
     assert len(pts_n) == 32
+
+
+def test_fine_tuning_starts_from_given_weights_with_its_own_stage2_lr(slides, tmp_path):
+    from safetensors.torch import load_file
+
+    from napari_wsi_detect.errors import WsiDetectError
+
+    base = train_metastases([slides], tmp_path / "base", _cfg(), progress=False,
+                            log=lambda m: None)
+    # No steps at all: the written model is the initial model, bit for bit.
+    same = train_metastases([slides], tmp_path / "same",
+                            _cfg(steps=0, init_model=str(base.config_path)),
+                            progress=False, log=lambda m: None)
+    w0, w1 = load_file(str(base.model_path)), load_file(str(same.model_path))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # steps=0 + hard negatives: mine with the initial model at once, then fine-tune at
+    # the stage-2 lr with label smoothing.
+    ft = train_metastases([slides], tmp_path / "ft",
+                          _cfg(steps=0, init_model=str(base.config_path), hard_negatives=True,
+                               hard_negative_steps=2, stage2_lr=1e-5, label_smoothing=0.1),
+                          progress=False, log=lambda m: None)
+    rows = list(csv.DictReader((tmp_path / "ft" / "metrics.csv").open()))
+    assert [int(r["stage"]) for r in rows] == [2, 2]
+    assert all(float(r["lr"]) == 1e-5 for r in rows)
+    assert ft.mining is not None
+    with pytest.raises(WsiDetectError, match="width"):
+        train_metastases([slides], tmp_path / "bad",
+                         _cfg(width=1 / 16, steps=0, init_model=str(base.config_path)),
+                         progress=False, log=lambda m: None)
+
+
+def test_label_smoothing_bounds_the_loss_of_a_confident_correct_logit():
+    from napari_wsi_detect.training.trainer import _loss
+
+    out = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
+    y = torch.tensor([0, 1])
+    assert float(_loss(out, y, _cfg())) < 1e-6  # plain CE: saturated logits cost nothing
+    # With smoothing 0.1, saturated logits are penalised (≈ 0.05 · 40): training keeps
+    # the logits finite instead of pushing them towards p = 1.0.
+    assert float(_loss(out, y, _cfg(label_smoothing=0.1))) > 1.0

@@ -71,6 +71,14 @@ class TrainConfig:
     hnm_alpha: int = 2
     hnm_margin_um: float = 50.0
     hnm_max_per_slide: int = 2000
+    # Stage 2 fine-tunes on the mined points; a lower lr there (None: keep `lr`) stops the
+    # logits from saturating. Label smoothing (0: plain cross-entropy) bounds them too.
+    stage2_lr: float | None = None
+    label_smoothing: float = 0.0
+    # Start from this model's weights (a models.io NAME.json / .safetensors of the same
+    # width) instead of a random initialisation; with steps=0 the run mines at once and
+    # only fine-tunes (a further round of hard negative mining on new slides).
+    init_model: str | None = None
     device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Model input = (rgb/255 − mean)/std; written to the model JSON for the engine.
@@ -502,6 +510,9 @@ def train_metastases(
 
     seed_everything(cfg.seed)
     model = ScanNetFCN(width=cfg.width).to(device)
+    if cfg.init_model:
+        _load_initial_weights(model, cfg)
+        log(f"initial weights from {cfg.init_model}")
     model.train()
     opt = make_optimizer(model, cfg)
     ckpt_root = out / "checkpoints"
@@ -550,6 +561,9 @@ def train_metastases(
                 continue
             stage_end = cfg.steps if stage == 1 else total
             stop = min(end, stage_end)
+            if stage == 2 and cfg.stage2_lr is not None:
+                for group in opt.param_groups:  # also after a resume (state holds the lr)
+                    group["lr"] = cfg.stage2_lr
             source = PatchBatchSource(current_sampler(), cfg.batch_size, cfg.seed,
                                       cfg.model_mpp, cfg.augment)
             with Prefetcher(source, cfg.workers, cfg.queue_size, start_step=step) as pf:
@@ -560,7 +574,7 @@ def train_metastases(
                     x = to_input(images, cfg.norm_mean, cfg.norm_std, device)
                     y = torch.from_numpy(labels).to(device)
                     outp = model(x)
-                    loss = cross_entropy(outp, y, cfg.class_weights)
+                    loss = _loss(outp, y, cfg)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -602,6 +616,31 @@ def train_metastases(
         f"validation {val_last}")
     return TrainResult(weights, cfg_json, step, out / "metrics.csv", curve, val_last, mining,
                        seconds)
+
+
+def _loss(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if not cfg.label_smoothing:
+        return cross_entropy(output, labels, cfg.class_weights)
+    weight = (None if cfg.class_weights is None else
+              torch.as_tensor(cfg.class_weights, dtype=torch.float32, device=output.device))
+    return torch.nn.functional.cross_entropy(patch_logits(output), labels, weight=weight,
+                                             label_smoothing=cfg.label_smoothing)
+
+
+def _load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    from ..models.io import load_model
+
+    try:
+        loaded, lcfg = load_model(cfg.init_model, device="cpu")
+    except WsiDetectError:
+        raise
+    except Exception as exc:  # a bad path or file: say which
+        raise WsiDetectError(f"cannot read the initial model {cfg.init_model}: {exc}") from exc
+    if abs(float(lcfg.get("width", -1)) - cfg.width) > 1e-9:
+        raise WsiDetectError(
+            f"the initial model {cfg.init_model} has width {lcfg.get('width')}, the run "
+            f"asks for {cfg.width}; use the same --width")
+    model.load_state_dict(loaded.state_dict())
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> object | None:
