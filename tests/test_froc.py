@@ -361,11 +361,12 @@ def test_slide_auc_needs_both_classes():
 # --- inputs and CLI --------------------------------------------------------------------
 
 
-def _write_run(folder, slide, features, slide_score=None):
+def _write_run(folder, slide, features, slide_score=None, engine_form=False):
     folder.mkdir(parents=True)
     fc = {"type": "FeatureCollection", "features": features}
     (folder / "regions.geojson").write_text(json.dumps(fc))
-    summary = {"slide": str(slide)}
+    # The engine's summary.json nests the slide: {"slide": {"path": ..., "mpp": ...}}.
+    summary = {"slide": {"path": str(slide), "mpp": 0.243} if engine_form else str(slide)}
     if slide_score is not None:
         summary["slide_score"] = slide_score
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -397,7 +398,7 @@ def test_cli_end_to_end_on_run_folders_and_mask_tiff(tmp_path, capsys):
                 # no peak: the polygon centroid (x2, y2) is used -> hits lesion 2
                 _feature(0.7, x2, y2, peak=False)])
     _write_run(tmp_path / "runs" / "b", "/data/normal_b.svs", [_feature(0.8, *at(3, 3))],
-               slide_score=0.55)
+               slide_score=0.55, engine_form=True)
     png, out = tmp_path / "froc.png", tmp_path / "froc.json"
     rc = main(["evaluate", "froc", "--detections", str(tmp_path / "runs"),
                "--truth", str(tmp_path), "--normal", "normal_b",

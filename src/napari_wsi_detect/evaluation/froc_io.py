@@ -196,6 +196,8 @@ def read_run_folder(folder: str | os.PathLike) -> DetectionSet:
         if isinstance(summary, dict):
             for key in ("slide_id", "slide", "slide_path", "source"):
                 value = summary.get(key)
+                if isinstance(value, dict):  # the engine's summary: {"slide": {"path": ...}}
+                    value = value.get("path")
                 if isinstance(value, str) and value:
                     slide_id = value if key == "slide_id" else slide_id_from_path(value)
                     break
