@@ -136,9 +136,11 @@ def run_slide(variant: Variant, seed: int, slide_path: Path, run_dir: Path,
 
 
 def sweep_postprocessing(runs: list[SlideRun], openings_um: list[float],
-                         min_areas_um2: list[float]) -> list[dict[str, Any]]:
+                         min_areas_um2: list[float], thresholds: list[float] | None = None
+                         ) -> list[dict[str, Any]]:
     """FROC and detection rates when only the post-processing changes (same heatmaps).
-    Diagnostic: chosen on the test set, so not a fair headline figure."""
+    On the test set this is a diagnostic (not a fair headline figure); on validation
+    seeds it is how the model's default thresholds are chosen."""
     from dataclasses import replace
 
     from napari_wsi_detect.demo import detections_of
@@ -146,27 +148,32 @@ def sweep_postprocessing(runs: list[SlideRun], openings_um: list[float],
     from napari_wsi_detect.slide.phantom import load_phantom_truth
 
     out = []
-    for opening in openings_um:
-        for min_area in min_areas_um2:
-            new = []
-            for run in runs:
-                regions = extract_regions(run.heatmap, run.geometry, threshold=0.5,
-                                          opening_um=opening, min_area_um2=min_area)
-                r = replace(run, detections=detections_of(regions),
-                            regions=[x.to_dict() for x in regions], lesions=[],
-                            false_positives=[])
-                describe_lesions_and_fps(r, load_phantom_truth(run.slide), run.heatmap,
-                                         run.geometry)
-                new.append(r)
-            froc, _, figures = score_variant(new)
-            rate = figures["detection_rate"]
-            out.append({"opening_um": opening, "min_area_um2": min_area, "froc": froc.score,
-                        "sensitivity_at_fp_per_slide": figures["sensitivity_at_fp_per_slide"],
-                        "fp_regions_per_slide": figures["regions_at_0_5"]["fp_per_slide"],
-                        "detected": {k: f"{v['detected']}/{v['n']}" for k, v in rate.items()}})
-            print(f"  post-processing opening {opening:g} µm, min area {min_area:g} µm²: "
-                  f"FROC {froc.score:.4f}, {out[-1]['fp_regions_per_slide']:.1f} FP "
-                  f"regions/slide, detected {out[-1]['detected']}", flush=True)
+    for threshold in thresholds or [0.5]:
+        for opening in openings_um:
+            for min_area in min_areas_um2:
+                new = []
+                for run in runs:
+                    regions = extract_regions(run.heatmap, run.geometry, threshold=threshold,
+                                              opening_um=opening, min_area_um2=min_area)
+                    r = replace(run, detections=detections_of(regions),
+                                regions=[x.to_dict() for x in regions], lesions=[],
+                                false_positives=[])
+                    describe_lesions_and_fps(r, load_phantom_truth(run.slide), run.heatmap,
+                                             run.geometry)
+                    new.append(r)
+                froc, _, figures = score_variant(new)
+                rate = figures["detection_rate"]
+                out.append({"threshold": threshold, "opening_um": opening,
+                            "min_area_um2": min_area, "froc": froc.score,
+                            "sensitivity_at_fp_per_slide":
+                                figures["sensitivity_at_fp_per_slide"],
+                            "fp_regions_per_slide": figures["regions_at_0_5"]["fp_per_slide"],
+                            "detected": {k: f"{v['detected']}/{v['n']}"
+                                         for k, v in rate.items()}})
+                print(f"  post-processing p ≥ {threshold:g}, opening {opening:g} µm, min area "
+                      f"{min_area:g} µm²: FROC {froc.score:.4f}, "
+                      f"{out[-1]['fp_regions_per_slide']:.1f} FP regions/slide, "
+                      f"detected {out[-1]['detected']}", flush=True)
     return out
 
 
@@ -378,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="demo", help="final model (default: bundled demo)")
     ap.add_argument("--stage1-model", default=None,
                     help="the stage-1 model (before hard negative mining), evaluated at α = 2")
+    ap.add_argument("--baseline-model", default=None,
+                    help="another model (e.g. the previously shipped one), evaluated at α = 2 "
+                         "with its own default thresholds, for a before/after comparison")
     ap.add_argument("--seeds", nargs="+", default=["500-509"], help="e.g. 500-509 or 500,503")
     ap.add_argument("--normal-seeds", nargs="+", default=["506-509"],
                     help="seeds written as normal nodes (no metastases)")
@@ -401,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                          "opening radii (µm)")
     ap.add_argument("--sweep-min-area-um2", type=float, nargs="*", default=[0, 20000],
                     help="diagnostic: ... and these minimum region areas (µm²)")
+    ap.add_argument("--sweep-threshold", type=float, nargs="*", default=[0.5],
+                    help="... and these probability thresholds")
     args = ap.parse_args(argv)
 
     from napari_wsi_detect.evaluation.plots import plot_froc
@@ -423,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage1_model:
         variants.append(Variant("stage 1 α=2", args.stage1_model, 2,
                                 "before hard negative mining"))
+    if args.baseline_model:
+        variants.append(Variant("baseline α=2", args.baseline_model, 2,
+                                "the model compared against (--baseline-model)"))
     results: dict[str, tuple[Any, Any, dict]] = {}
     report: dict[str, Any] = {"variants": {}}
     for v in variants:
@@ -447,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['regions_at_0_5']['fp_per_slide']:.2f} FP regions/slide; "
               f"margin {figures['margin']}", flush=True)
         froc_dict = froc.to_dict()
-        sweep = (sweep_postprocessing(runs, args.sweep_opening_um, args.sweep_min_area_um2)
-                 if v.name == "final α=2" and args.sweep_opening_um else None)
+        sweep = (sweep_postprocessing(runs, args.sweep_opening_um, args.sweep_min_area_um2,
+                                      args.sweep_threshold)
+                 if v.name in ("final α=2", "baseline α=2") and args.sweep_opening_um
+                 else None)
         report["variants"][v.name] = {
             "model": str(v.model), "weights_sha256": cfg.get("weights_sha256"),
             "alpha": v.alpha, "description": v.description, "run_folders": str(work / "runs" / tag),
