@@ -139,16 +139,17 @@ def _json(obj: Any) -> str:
 
 
 def heatmap_colormap() -> Any:
-    """Inferno with transparency: 0 (not computed, or surely normal) is fully transparent,
-    so the slide shows through; any probability above ~0.02 gets an inferno colour at
-    55-80 % opacity. (Additive blending vanishes on the bright H&E background.)"""
+    """Inferno with transparency: below 0.1 (not computed, or normal: a model trained
+    with label smoothing puts normal tissue near 0.03, not 0) is fully transparent, so
+    the slide shows through; from 0.2 up an inferno colour at 55-80 % opacity (as in the
+    demo overview). (Additive blending vanishes on the bright H&E background.)"""
     from napari.utils.colormaps import Colormap
     from napari.utils.colormaps.colormap_utils import ensure_colormap
 
     inferno = ensure_colormap("inferno")
-    controls = np.array([0.0, 0.02, 0.25, 0.5, 0.75, 1.0])
+    controls = np.array([0.0, 0.1, 0.2, 0.5, 0.75, 1.0])
     colors = inferno.map(np.maximum(controls, 0.15)).copy()
-    colors[:, 3] = [0.0, 0.55, 0.6, 0.65, 0.75, 0.8]
+    colors[:, 3] = [0.0, 0.0, 0.55, 0.65, 0.75, 0.8]
     return Colormap(colors=colors, controls=controls, name="wsi-detect probability")
 
 
