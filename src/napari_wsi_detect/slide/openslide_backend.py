@@ -57,27 +57,27 @@ class OpenSlideSlide(Slide):
             raise fail(self.path, "the slide has no image data (zero-sized level 0)")
         self._set_levels(levels)
 
+    def _read_error(self, level: int, x: int, y: int, w: int, h: int,
+                    exc: Exception) -> SlideReadError:
+        # OpenSlide marks the handle unusable after an error: say so.
+        return SlideReadError(
+            f"could not read region x={x} y={y} {w}x{h} at level {level} of "
+            f"{self.path.name}: {exc} (the file is probably corrupt or truncated; "
+            "re-open it after fixing the file)"
+        )
+
     def _read_native(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if _LOW_READ is not None and hasattr(self._osr, "_osr"):
             try:
                 return self._read_direct(level, x, y, w, h)
             except openslide.OpenSlideError as exc:
-                raise SlideReadError(
-                    f"could not read region x={x} y={y} {w}x{h} at level {level} of "
-                    f"{self.path.name}: {exc} (the file is probably corrupt or truncated; "
-                    "re-open it after fixing the file)"
-                ) from exc
+                raise self._read_error(level, x, y, w, h, exc) from exc
             except (ValueError, AttributeError) as exc:  # closed handle
                 raise SlideReadError(f"{self.path.name}: {exc}") from exc
         try:
             img = self._osr.read_region((x, y), level, (w, h))
         except openslide.OpenSlideError as exc:
-            # OpenSlide marks the handle unusable after an error: say so.
-            raise SlideReadError(
-                f"could not read region x={x} y={y} {w}x{h} at level {level} of "
-                f"{self.path.name}: {exc} (the file is probably corrupt or truncated; "
-                "re-open it after fixing the file)"
-            ) from exc
+            raise self._read_error(level, x, y, w, h, exc) from exc
         except ValueError as exc:  # closed handle
             raise SlideReadError(f"{self.path.name}: {exc}") from exc
         return composite_on_white(np.asarray(img))
