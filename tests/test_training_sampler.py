@@ -9,6 +9,7 @@ import pytest
 from matplotlib.path import Path as MplPath
 
 from conftest import shared_file
+from napari_wsi_detect.engine.plan import snap_downsample
 from napari_wsi_detect.errors import AnnotationError
 from napari_wsi_detect.training.patches import read_patch
 from napari_wsi_detect.training.sampler import PatchSampler, candidates_from_masks
@@ -115,11 +116,16 @@ def test_patch_resampled_from_a_coarser_slide():
     patch = read_patch(slide, 300.0, 300.0, 244, 0.243)
     assert patch.shape == (244, 244, 3) and patch.dtype == np.uint8
     level, _, _, rw, rh = slide.calls[-1]
-    assert level == 0 and 118 <= rw <= 122 and 118 <= rh <= 122  # 244 · 0.243/0.5 = 118.6
+    # The engine reads a 0.5 µm/px slide for a 0.243 µm/px model at d = 0.5 (0.486 snapped
+    # within 5 %, engine/plan.py); training must see the same scale: 244 · 0.5 = 122 px
+    # (+1 px of interpolation support).
+    d = snap_downsample(0.243 / 0.5)
+    assert d == 0.5
+    assert level == 0 and 122 <= rw <= 123 and 122 <= rh <= 123
     dark = patch[122, :, 0] < 145
     rising = np.flatnonzero(np.diff(dark.astype(int)) == 1)
     period = (rising[-1] - rising[0]) / (len(rising) - 1)
-    assert period == pytest.approx(20 * 0.5 / 0.243, rel=0.1)  # 41 model px
+    assert period == pytest.approx(20 / d, rel=0.02)  # 40 model px, as at inference
 
 
 def test_patch_at_the_models_mpp_is_a_plain_crop():

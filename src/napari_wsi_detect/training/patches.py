@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..engine.plan import snap_downsample
 from .augment import AugmentConfig, augment, context_size, crop_centre
 from .sampler import PatchSampler
 
@@ -48,7 +49,9 @@ def read_patch(slide: object, cx: float, cy: float, size: int, model_mpp: float,
     Pixel i of the patch has its centre at level-0 `c − size·d/2 + (i + 0.5)·d`.
     """
     mpp = slide_mpp if slide_mpp else effective_mpp(slide, model_mpp)
-    d = model_mpp / mpp
+    # The same level-0-per-model-pixel ratio the engine uses at inference (snapped to a
+    # whole ratio within 5 %), so training patches have the scale the model will see.
+    d = snap_downsample(model_mpp / mpp)
     side0 = size * d  # level-0 pixels covered
     x0 = cx - side0 / 2.0
     y0 = cy - side0 / 2.0
