@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotations.asap import EXCLUSION_GROUPS, TUMOUR_GROUPS
+from ..annotations.truth import read_tumour_polygons
 from ..errors import AnnotationError
 from .froc import (
     EVALUATION_DOWNSAMPLE,
@@ -309,40 +309,6 @@ def read_mask_level5(path: str | os.PathLike, downsample: int = EVALUATION_DOWNS
         raise AnnotationError(f"mask not found: {path}") from exc
 
 
-def _class_name(props: dict) -> str:
-    cls = props.get("classification")
-    if isinstance(cls, dict):
-        cls = cls.get("name")
-    return str(cls).strip().lower() if cls else ""
-
-
-def read_truth_geojson(path: Path) -> tuple[list, list]:
-    """(tumour, exclusion) shapely geometries of a GeoJSON truth.
-
-    Tumour = Polygon/MultiPolygon classified Tumor/Tumour/Metastasis (holes honoured);
-    Exclusion-classified polygons are subtracted. A file whose polygons carry no
-    classification at all is read as tumour outlines.
-    """
-    from shapely.geometry import shape
-
-    feats = _features(path, _load_json(path))
-    polys = [f for f in feats
-             if (f.get("geometry") or {}).get("type") in ("Polygon", "MultiPolygon")]
-    any_class = any(_class_name(f.get("properties") or {}) for f in polys)
-    tumour, exclusion = [], []
-    for f in polys:
-        name = _class_name(f.get("properties") or {})
-        try:
-            geom = shape(f["geometry"])
-        except Exception as exc:  # shapely raises several types on bad coordinates
-            raise AnnotationError(f"{path.name}: invalid polygon ({exc})") from exc
-        if name in EXCLUSION_GROUPS:
-            exclusion.append(geom)
-        elif name in TUMOUR_GROUPS or not any_class:
-            tumour.append(geom)
-    return tumour, exclusion
-
-
 def load_truth_file(path: str | os.PathLike, level0_mpp: float = L0_RESOLUTION) -> SlideTruth:
     """Evaluation mask + ITC list of one ground-truth file (mask or annotations)."""
     path = Path(path)
@@ -351,27 +317,12 @@ def load_truth_file(path: str | os.PathLike, level0_mpp: float = L0_RESOLUTION) 
     if is_mask_file(path) or name.endswith((".tif", ".tiff")):
         labels, itc = evaluation_mask_from_mask(read_mask_level5(path), level0_mpp)
     else:
-        if name.endswith(".xml"):
-            from ..annotations.asap import read_asap_xml
-
-            anns = read_asap_xml(path)
-            tumour = [a.coords for a in anns if a.is_tumour]
-            exclusion = [a.coords for a in anns if a.kind == "polygon" and a.is_exclusion]
-        elif name.endswith(".json") and not name.endswith(".geojson"):
-            data = _load_json(path)
-            if isinstance(data, dict) and ({"positive", "negative"} & set(data)):
-                from ..annotations.camelyon_json import read_camelyon_json, split_camelyon_json
-
-                tumour, exclusion = split_camelyon_json(read_camelyon_json(path))
-            else:
-                tumour, exclusion = read_truth_geojson(path)
-        elif name.endswith((".geojson", ".geojson.gz")):
-            tumour, exclusion = read_truth_geojson(path)
-        else:
+        if not name.endswith((".xml", ".json", ".geojson", ".geojson.gz")):
             raise AnnotationError(
                 f"{path.name}: unknown ground-truth format; use a level-5 mask TIFF, "
                 "Camelyon XML, NCRF JSON or GeoJSON"
             )
+        tumour, exclusion = read_tumour_polygons(path)
         if not tumour:
             return SlideTruth(slide_id, False, None, [], path)
         labels, itc = evaluation_mask_from_polygons(

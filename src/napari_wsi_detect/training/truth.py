@@ -6,17 +6,16 @@ set comes in into one object that answers that question exactly (`contains`), ch
 for many cells at once (`raster`), and with a safety margin (`near`, used by hard
 negative mining so that the border of a lesion is never mined as a "false" positive).
 
-Formats: QuPath GeoJSON (`Tumor`/`Tumour`/`Metastasis` classes, holes as inner rings),
-ASAP / Camelyon16 XML (groups `_0`, `_1`, `Tumor` positive; `_2`, `Exclusion` negative),
-NCRF JSON (`{"positive": [...], "negative": [...]}`), or a mask image (PNG/TIFF, non-zero =
-tumour, any downsample of level 0). All coordinates are level-0 pixels.
+Formats: QuPath GeoJSON, ASAP / Camelyon16 XML and NCRF JSON, read by
+`annotations.truth.read_tumour_polygons` (the same reader the FROC evaluation uses;
+tumour = union of tumour polygons minus the union of exclusion polygons), or a mask image
+(PNG/TIFF, non-zero = tumour, any downsample of level 0). All coordinates are level-0
+pixels.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,10 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.ops import unary_union
 
+from ..annotations.truth import ANNOTATION_SUFFIXES as POLYGON_SUFFIXES
+from ..annotations.truth import read_tumour_polygons
 from ..errors import AnnotationError
 
-TUMOUR_NAMES = {"tumor", "tumour", "metastasis", "metastases", "carcinoma", "positive",
-                "_0", "_1"}
-EXCLUDE_NAMES = {"_2", "exclusion", "exclude", "ignore", "negative"}
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 
 
@@ -151,115 +149,13 @@ def _polygons(geom: object) -> list[Polygon]:
     return [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
 
 
-def _valid_polygon(points: list, source: Path) -> Polygon | None:
-    pts = [(float(p[0]), float(p[1])) for p in points]
-    if len(pts) < 3:
-        return None
-    poly = Polygon(pts)
-    if not poly.is_valid:
-        poly = shapely.make_valid(poly)
-        parts = _polygons(poly) if not isinstance(poly, Polygon) else [poly]
-        poly = unary_union(parts) if parts else None
-    if poly is None or poly.is_empty:
-        return None
-    return poly
-
-
-def _truth_from_parts(positive: list, negative: list, source: Path) -> TumourTruth:
+def _truth_from_parts(positive: list, negative: list) -> TumourTruth:
     if not positive:
         return TumourTruth()
     geom = unary_union(positive)
     if negative:
         geom = geom.difference(unary_union(negative))
     return PolygonTruth(geom)
-
-
-def _class_name(props: dict) -> str:
-    cls = props.get("classification")
-    if isinstance(cls, dict):
-        cls = cls.get("name")
-    if cls is None:
-        cls = props.get("name") or props.get("class")
-    return str(cls).strip().lower() if cls is not None else ""
-
-
-def _read_geojson(path: Path, data: object) -> TumourTruth:
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    elif isinstance(data, list):
-        features = data
-    else:
-        raise AnnotationError(
-            f"{path}: not a GeoJSON FeatureCollection, a Feature list or an NCRF "
-            "{'positive': [...]} file; export the tumour outlines from QuPath as GeoJSON"
-        )
-    named = [f for f in features if _class_name(f.get("properties") or {})]
-    use_all = not named  # unclassified outlines: every polygon is tumour
-    positive, negative = [], []
-    for feat in features:
-        geom = feat.get("geometry") or {}
-        name = _class_name(feat.get("properties") or {})
-        if use_all or name in TUMOUR_NAMES:
-            target = positive
-        elif name in EXCLUDE_NAMES:
-            target = negative
-        else:
-            continue
-        gtype = geom.get("type")
-        if gtype == "Polygon":
-            rings = [geom["coordinates"]]
-        elif gtype == "MultiPolygon":
-            rings = geom["coordinates"]
-        else:
-            continue  # points / lines carry no area
-        for poly_rings in rings:
-            if not poly_rings:
-                continue
-            try:
-                poly = Polygon(poly_rings[0], poly_rings[1:])
-            except (ValueError, TypeError) as exc:
-                raise AnnotationError(f"{path}: invalid polygon coordinates ({exc})") from exc
-            if not poly.is_valid:
-                poly = shapely.make_valid(poly)
-            if not poly.is_empty:
-                target.append(poly)
-    return _truth_from_parts(positive, negative, path)
-
-
-def _read_ncrf(path: Path, data: dict) -> TumourTruth:
-    def parts(key: str) -> list:
-        out = []
-        for entry in data.get(key, []) or []:
-            poly = _valid_polygon(entry.get("vertices", []), path)
-            if poly is not None:
-                out.append(poly)
-        return out
-
-    return _truth_from_parts(parts("positive"), parts("negative"), path)
-
-
-def _read_asap(path: Path) -> TumourTruth:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise AnnotationError(f"{path}: not valid XML ({exc}); is it an ASAP annotation?") from exc
-    positive, negative = [], []
-    for ann in root.iter("Annotation"):
-        if (ann.get("Type") or "").lower() not in {"polygon", "spline", "rectangle"}:
-            continue
-        group = (ann.get("PartOfGroup") or "").strip().lower()
-        target = negative if group in EXCLUDE_NAMES else positive
-        coords = sorted(ann.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
-        try:
-            pts = [(float(c.get("X")), float(c.get("Y"))) for c in coords]
-        except (TypeError, ValueError) as exc:
-            raise AnnotationError(f"{path}: a coordinate is not a number ({exc})") from exc
-        poly = _valid_polygon(pts, path)
-        if poly is not None:
-            target.append(poly)
-    return _truth_from_parts(positive, negative, path)
 
 
 def _read_mask(path: Path, slide_size: tuple[int, int] | None) -> TumourTruth:
@@ -299,18 +195,10 @@ def load_truth(path: str | Path | None, slide_size: tuple[int, int] | None = Non
     if not path.is_file():
         raise AnnotationError(f"annotation file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".xml":
-        return _read_asap(path)
     if suffix in MASK_SUFFIXES:
         return _read_mask(path, slide_size)
-    if suffix in {".json", ".geojson"}:
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AnnotationError(f"{path}: not valid JSON ({exc})") from exc
-        if isinstance(data, dict) and "positive" in data:
-            return _read_ncrf(path, data)
-        return _read_geojson(path, data)
+    if path.name.lower().endswith(POLYGON_SUFFIXES):
+        return _truth_from_parts(*read_tumour_polygons(path))
     raise AnnotationError(
         f"{path}: unknown annotation format {suffix!r}; use QuPath GeoJSON, ASAP XML, "
         "NCRF JSON or a mask image"
