@@ -6,6 +6,7 @@ from __future__ import annotations
 from .._lazy import attach
 
 _LAZY = {
+    "read_tumour_polygons": "napari_wsi_detect.annotations.truth",
     "Feature": "napari_wsi_detect.annotations.geojson",
     "read_geojson": "napari_wsi_detect.annotations.geojson",
     "write_geojson": "napari_wsi_detect.annotations.geojson",
