@@ -185,7 +185,7 @@ class DetectMetastasesWidget(QWidget):
         form.addRow("", self.tissue_check)
 
         self.detect_button = QPushButton("Detect")
-        self.detect_button.clicked.connect(self.detect)
+        self.detect_button.clicked.connect(lambda: self.detect())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
