@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     out = Path(args.out) if args.out else work / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from napari_wsi_detect.api import write_json_atomic
+    from napari_wsi_detect._atomic import write_json_atomic
 
     write_json_atomic(out, report)
     print(f"wrote {out}" + (f", {args.plot}" if args.plot else ""), flush=True)

@@ -13,15 +13,13 @@ import sys
 from .errors import WsiDetectError
 
 # Order is the order shown in --help.
+# "detect" adds one command per registered detector (metastases, ...).
 COMMAND_MODULES = [
     "info",
     "phantom",
-    "metastases",
-    "mitoses",
-    "tumour",
+    "detect",
     "evaluate",
     "train",
-    "batch",
     "bench",
     "demo",
 ]
@@ -34,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"napari_wsi_detect.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"napari_wsi_detect.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"napari_wsi_detect.commands.{name}").register(sub)
     return parser
 
 

@@ -133,10 +133,10 @@ def _time(fn: Any, repeats: int = 3) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..detectors import get_detector
+    from ..detectors.job import prepare_run, run_tiles
     from ..engine.heatmap import HeatmapStore
-    from ..engine.plan import MapGeometry, default_roi_cells, plan_rois
-    from ..engine.run import HeatmapRunner
-    from ..models.anchor import densify
+    from ..engine.plan import MapGeometry
     from ..models.device import resolve_device
     from ..models.scannet import DEFAULT_CPU_WIDTH, ScanNetFCN
     from ..postprocess.regions import extract_regions
@@ -147,16 +147,25 @@ def run(args: argparse.Namespace) -> int:
     max_rois = 12 if args.quick else args.max_rois
     dev = resolve_device(args.device)
     path = _phantom(args.cache, size)
+    detector = get_detector("metastases")
+    options = {"alpha": args.alpha}
     rows_out: list[dict[str, Any]] = []
     with open_slide(path) as slide:
         t = time.perf_counter()
         tissue, tissue_note = _tissue(slide)
         tissue_s = time.perf_counter() - t
-        geometry = MapGeometry.for_slide(slide.levels[0].shape, slide.mpp, 0.243,
-                                         alpha=args.alpha)
-        t_cells = args.roi_cells or default_roi_cells(dev.type, args.alpha)
-        all_rois = plan_rois(slide.levels[0].shape, geometry, t_cells, tissue_mask=tissue)
-        batch = args.batch_size or (2 if dev.type == "cuda" else 1)
+
+        def prepare(width: float, net: Any = None) -> Any:
+            # The same plan, forward and store fingerprint as a real run (detectors/job).
+            config = {"architecture": "scannet-fcn", "width": width, "mpp": 0.243,
+                      "patch": 244, "stride": 32}
+            return prepare_run(detector, slide, net, config, options=options, device=dev,
+                               model_arg=f"random-w{width}", roi_cells=args.roi_cells,
+                               batch_size=args.batch_size, tissue=tissue)
+
+        plan = prepare(widths[0], ScanNetFCN(width=widths[0]))
+        geometry, t_cells, all_rois = plan.geometry, plan.roi_cells, plan.rois
+        batch = plan.batch_size
         roi_px = geometry.read_size(t_cells)
         roi_bytes = roi_px * roi_px * 3
         buffers = 2 * batch + args.readers + batch
@@ -173,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
                 rois = [all_rois[i] for i in sorted(set(pick.tolist()))]
             torch.manual_seed(0)
             net = ScanNetFCN(width=width).eval().to(dev).to(memory_format=torch.channels_last)
-            dense = densify(net, args.alpha)
-            store = HeatmapStore.create(None, geometry, t_cells, f"random-w{width}", {})
-            runner = HeatmapRunner(slide, dense, geometry, rois, device=dev, batch_size=batch,
-                                   store=store, n_readers=args.readers)
+            prep = prepare(width, net)
+            store = HeatmapStore.create(None, geometry, t_cells, prep.model_name,
+                                        prep.fingerprint)
+            runner = run_tiles(prep, slide, rois, store, n_readers=args.readers)
             with _RssSampler() as rss:
                 for _ in runner:
                     pass
@@ -198,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             })
             if width == widths[0]:
                 last_map = store.to_numpy()
-            del store, runner, dense, net
+            del store, runner, prep, net
         post = {}
         if last_map is not None:
             post["slide_map_shape"] = list(last_map.shape)

@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
-    from .metastases import _progress_bar
+    from ._common import progress_bar
 
-    bar, update = _progress_bar(quiet=False)
+    bar, update = progress_bar(quiet=False, desc="demo")
     try:
         outcome = run_demo(args.out, seed=args.seed, size=tuple(args.size), model=args.model,
                            alpha=args.alpha, device=args.device, progress=update)

@@ -1,0 +1,66 @@
+"""Helpers shared by the long-running commands: progress bar, Ctrl-C, flag parsing."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+
+def region_arg(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(float(v)) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(
+            f"region must be x,y,w,h in level-0 pixels (e.g. 10000,20000,4096,4096), got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def progress_bar(quiet: bool, desc: str = "detect") -> tuple[Any, Any]:
+    """(tqdm bar or None, callback(done, total, eta)) on stderr."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="ROI", file=sys.stderr, dynamic_ncols=True, desc=desc,
+               smoothing=0.1)
+
+    def update(done: int, total: int, eta: float | None) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cancel_on_sigint(cancel: threading.Event, bar: Any = None) -> Any:
+    """First Ctrl-C: stop after the ROI in flight (clean, resumable). Second: interrupt
+    at once. Returns the previous handler (None when not in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        # On its own line, not glued to the progress bar.
+        (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(
+            "wsi-detect: stopping after the current ROI (Ctrl-C again to abort)...")
+
+    return signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,201 @@
+"""One result type for every detector, with one summary.json shape.
+
+A run folder holds ``heatmap.zarr`` (the store), the detector's results file
+(``regions.geojson`` for metastases) and ``summary.json``. summary.json is written last
+and records the sha256 of the results file it belongs to, so a reader can tell a
+matching pair from one left half-replaced by a crash (`read_summary(..., check=True)`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import WsiDetectError
+from .base import Detections
+
+SUMMARY_NAME = "summary.json"
+SUMMARY_FORMAT = 2
+SUMMARY_KEYS = (
+    "format", "task", "slide", "slide_score", "region_count", "regions", "model",
+    "parameters", "geometry", "timings", "complete", "rois", "outputs", "package_version",
+    "created",
+)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class DetectionResult:
+    """A detection on one slide. `heatmap` is the float32 map (rows, cols), NaN where
+    nothing was computed; `detections` come from the current post-processing values
+    (`parameters`); `complete` is False while planned ROIs are still pending."""
+
+    task: str
+    heatmap: np.ndarray
+    geometry: Any
+    detections: Detections
+    timings: dict[str, Any]
+    config: dict[str, Any]
+    parameters: dict[str, Any]
+    slide_info: dict[str, Any] = field(default_factory=dict)
+    store: Any = None
+    rois_planned: int = 0
+    rois_pending: int = 0
+    out_dir: Path | None = None
+
+    @classmethod
+    def build(cls, detector: Any, heatmap: np.ndarray, prep: Any, params: dict[str, Any],
+              timings: dict[str, Any], slide: Any, store: Any, pending: int, *,
+              device: str, use_tissue: bool) -> DetectionResult:
+        detections = detector.postprocess(heatmap, prep.geometry, params)
+        timings["postprocess_s"] = round(detections.seconds, 4)
+        h0, w0 = slide.levels[0].shape[:2]
+        tissue = prep.tissue
+        parameters = {
+            **prep.options,
+            "device": device,
+            "roi_cells": prep.roi_cells,
+            "roi_pixels": prep.geometry.read_size(prep.roi_cells),
+            "batch_size": prep.batch_size,
+            "region": list(prep.region) if prep.region is not None else None,
+            "tissue_mask": use_tissue,
+            **params,
+        }
+        slide_info = {
+            "path": str(getattr(slide, "path", "")),
+            "width": int(w0),
+            "height": int(h0),
+            "mpp": slide.mpp,
+            "mpp_assumed": prep.geometry.mpp_assumed,
+            "tissue_fraction": (round(float(tissue.tissue_fraction), 4)
+                                if tissue is not None and hasattr(tissue, "tissue_fraction")
+                                else None),
+        }
+        return cls(detector.task, heatmap, prep.geometry, detections, timings,
+                   prep.config, parameters, slide_info, store, len(prep.rois), pending)
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def detector(self) -> Any:
+        from . import get_detector
+
+        return get_detector(self.task)
+
+    @property
+    def regions(self) -> list[Any]:
+        return self.detections.items
+
+    @property
+    def slide_score(self) -> float:
+        return self.detections.score
+
+    @property
+    def complete(self) -> bool:
+        return self.rois_pending == 0
+
+    def values(self) -> dict[str, Any]:
+        """The post-processing values in force (one key per schema Param)."""
+        return {p.key: self.parameters[p.key] for p in self.detector.params}
+
+    def postprocess(self, **values: Any) -> list[Any]:
+        """Re-run post-processing only (slider moves; never the network) with `values`
+        changed; updates `detections`/`parameters` and returns the items."""
+        new = self.detector.defaults(None, {**self.values(), **values})
+        self.detections = self.detector.postprocess(self.heatmap, self.geometry, new)
+        self.parameters.update(new)
+        self.timings["postprocess_s"] = round(self.detections.seconds, 4)
+        return self.detections.items
+
+    def features(self) -> list[Any]:
+        return self.detector.features(self.detections)
+
+    def summary(self) -> dict[str, Any]:
+        from .. import __version__
+
+        model = {k: v for k, v in self.config.items()
+                 if not str(k).startswith("_") and k not in ("training",)}
+        model["path"] = self.config.get("_json_path")
+        score = self.slide_score
+        return {
+            "format": SUMMARY_FORMAT,
+            "task": self.task,
+            "slide": self.slide_info,
+            "slide_score": score if score is not None and math.isfinite(score) else None,
+            **self.detector.summary_items(self.detections),
+            "model": model,
+            "parameters": dict(self.parameters),
+            "geometry": self.geometry.to_dict(),
+            "timings": dict(self.timings),
+            "complete": self.complete,
+            "rois": {"planned": self.rois_planned, "pending": self.rois_pending},
+            "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    # -- files ----------------------------------------------------------------------------------
+    def write(self, out_dir: str | os.PathLike, features: list[Any] | None = None) -> Path:
+        """Write DIR/heatmap.zarr, DIR/<results file> and DIR/summary.json, each
+        atomically, summary last. `features` replaces the computed ones (the widget
+        saves the layer as the pathologist edited it). Returns DIR."""
+        from .._atomic import write_json_atomic
+        from ..annotations.geojson import write_geojson
+        from ..engine.heatmap import FINAL_NAME
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        final = out / FINAL_NAME
+        if self.store is None:
+            raise WsiDetectError("this result has no heatmap store to write")
+        if self.store.path is None or Path(self.store.path).resolve() != final.resolve():
+            self.store = self.store.copy_to(final)
+        results = out / self.detector.results_file
+        write_geojson(results, self.features() if features is None else features)
+        summary = self.summary()
+        summary["outputs"] = {results.name: {"sha256": _sha256(results)}}
+        write_json_atomic(out / SUMMARY_NAME, summary)
+        self.out_dir = out
+        return out
+
+
+def read_summary(folder: str | os.PathLike, check: bool = False) -> dict[str, Any]:
+    """summary.json of a run folder, older shapes mapped to today's keys; with `check`,
+    WsiDetectError when the results file is not the one the summary was written with."""
+    from .params import canonical_keys
+
+    folder = Path(folder)
+    path = folder / SUMMARY_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WsiDetectError(f"{folder} has no {SUMMARY_NAME}: not a run folder") from None
+    except (OSError, ValueError) as exc:
+        raise WsiDetectError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise WsiDetectError(f"{path} is not a run summary")
+    data["parameters"] = canonical_keys(data.get("parameters"))
+    if isinstance(data.get("slide"), str):  # the widget's old summary shape
+        data["slide"] = {"path": data["slide"]}
+    data.setdefault("task", "metastases")
+    if check:
+        for name, meta in (data.get("outputs") or {}).items():
+            f = folder / name
+            if not f.is_file() or _sha256(f) != meta.get("sha256"):
+                raise WsiDetectError(
+                    f"{f} does not belong to {path} (a run was interrupted while writing); "
+                    "run the detection again into this folder to rewrite both")
+    return data
