@@ -1,4 +1,6 @@
-"""The "Detect metastases" dock widget in a real viewer (headless under Xvfb):
+"""The WSI Detect dock widget in a real viewer, driven as a person drives it: buttons are
+clicked with qtbot.mouseClick, values set on the visible spin boxes and combo boxes, file
+dialogs answered through the widget's ask_* hooks (headless under Xvfb):
 xvfb-run -a .venv/bin/pytest -q tests/test_napari_widget.py
 
 A random-weight, narrow ScanNetFCN saved with models.io stands in for the demo model;
@@ -17,12 +19,10 @@ pytest.importorskip("napari")
 
 from conftest import napari_viewer  # noqa: E402
 from napari_wsi_detect.engine.plan import MapGeometry, plan_rois  # noqa: E402
-from napari_wsi_detect.errors import WsiDetectError  # noqa: E402
 
 pytestmark = pytest.mark.gui
 MPP = 0.243
 REGION = (1024, 1024, 256, 256)  # level-0 x, y, w, h: 16 x 16 map cells at alpha 2
-
 
 
 @pytest.fixture
@@ -41,21 +41,25 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model") / "tiny"
+    # The legacy key "probability" must still load as the threshold.
     weights, _ = save_model(ScanNetFCN(width=0.0625), out,
-                            {"mpp": MPP, "thresholds": {"probability": 0.5, "opening_um": 0.0}})
+                            {"mpp": MPP, "task": "metastases",
+                             "thresholds": {"probability": 0.5, "opening_um": 0.0}})
     return weights
 
 
 @pytest.fixture
-def widget(viewer, phantom_small, tiny_model):
-    from napari_wsi_detect._napari.widget import DetectMetastasesWidget
+def widget(viewer, phantom_small, tiny_model, tmp_path, monkeypatch):
+    from napari_wsi_detect._napari.widget import DetectWidget
 
+    monkeypatch.setenv("WSI_DETECT_CACHE", str(tmp_path / "cache"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         viewer.open(str(phantom_small), plugin="napari-wsi-detect")
-    w = DetectMetastasesWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Detect metastases")
-    w.set_model_path(tiny_model)
+    w = DetectWidget(viewer)
+    viewer.window.add_dock_widget(w, name="WSI Detect")
+    answer(monkeypatch, "ask_open_file", str(tiny_model))
+    click(w.model_button)  # the "…" chooser, answered by the hook
     w.roi_cells = 8
     w.tissue_check.setChecked(False)
     _draw_region(viewer, REGION)
@@ -63,12 +67,36 @@ def widget(viewer, phantom_small, tiny_model):
     return w
 
 
-def _draw_region(viewer, box) -> None:
+def answer(monkeypatch, hook: str, value) -> None:
+    """Answer the widget's next file dialogs of kind `hook` with `value`."""
+    from napari_wsi_detect._napari import widget as widget_module
+
+    monkeypatch.setattr(widget_module, hook, lambda *a, **k: str(value) if value else "")
+
+
+def click(button) -> None:
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    assert button.isVisibleTo(button.window()) and button.isEnabled(), button.text()
+    QTest.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def set_value(widget, key: str, value) -> None:
+    """Type a value into a parameter's visible spin box (or pick it in its combo)."""
+    control = widget.controls[key]
+    if hasattr(control, "spin"):
+        control.spin.setValue(value)
+    else:
+        control.setCurrentIndex(control.findData(value))
+
+
+def _draw_region(viewer, box, name="region") -> None:
     x, y, w, h = box
     # World = (level-0 corner - 0.5) * mpp on the slide layer's pixel-centre grid.
     y0, x0, y1, x1 = ((np.array([y, x, y + h, x + w]) - 0.5) * MPP).tolist()
     viewer.add_shapes([np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])],
-                      shape_type="rectangle", name="region")
+                      shape_type="rectangle", name=name)
 
 
 def _wait_idle(qtbot, w, timeout=120_000) -> None:
@@ -76,7 +104,7 @@ def _wait_idle(qtbot, w, timeout=120_000) -> None:
                     and not w._debounce.isActive(), timeout=timeout)
 
 
-def _expected_cells(w, roi_cells: int) -> np.ndarray:
+def _expected_cells(roi_cells: int) -> np.ndarray:
     g = MapGeometry.for_slide((3072, 4096), MPP, MPP, alpha=2)
     want = np.zeros(g.shape, dtype=bool)
     for roi in plan_rois((3072, 4096), g, roi_cells, None, REGION):
@@ -84,146 +112,129 @@ def _expected_cells(w, roi_cells: int) -> np.ndarray:
     return want
 
 
-def test_region_from_rectangle_and_field_of_view(widget, viewer) -> None:
-    layer = widget.slide_layer()
-    assert widget.region_level0(layer) == REGION
-    widget.region_combo.setCurrentText("Current field of view")
-    viewer.camera.center = (500.0 * MPP, 800.0 * MPP)
-    viewer.camera.zoom = 8.0
-    x, y, w, h = widget.region_level0(layer)
-    assert abs((x + w / 2) - 800.5) <= 1 and abs((y + h / 2) - 500.5) <= 1
-    canvas_h, canvas_w = viewer.canvas.size
-    assert w == pytest.approx(canvas_w / 8.0 / MPP, abs=2)
+def _errors(monkeypatch) -> list:
+    import napari.utils.notifications as notifications
+
+    shown: list = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(msg))
+    return shown
 
 
-def test_detect_fills_the_planned_cells_then_sliders_redraw_regions(widget, viewer, qtbot
+def test_controls_come_from_the_registry_and_schema(widget) -> None:
+    from napari_wsi_detect.detectors import available
+
+    tasks = [widget.task_combo.itemData(i) for i in range(widget.task_combo.count())]
+    assert tasks == [d.task for d in available()]
+    det = available()[0]
+    assert set(widget.controls) == {p.key for p in det.options + det.params}
+    for p in det.options + det.params:
+        assert widget.controls[p.key].toolTip(), p.key  # every control explains itself
+    assert "µm" in widget.controls["opening_um"].spin.suffix()
+    widget.model_combo.setCurrentIndex(0)  # the bundled model says what it was trained on
+    assert "synthetic" in widget.model_note.text() and not widget.model_note.isHidden()
+
+
+def test_clicking_detect_fills_the_planned_cells_then_sliders_redraw(widget, viewer, qtbot
                                                                     ) -> None:
-    from qtpy.QtCore import QTimer
-
     from napari_wsi_detect.postprocess.regions import extract_regions
 
-    gaps, last = [], [None]
-
-    def tick():
-        import time
-
-        now = time.perf_counter()
-        if last[0] is not None:
-            gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(10)
-    widget.detect()
+    click(widget.detect_button)  # today's TypeError came from exactly this click
     assert not widget.detect_button.isEnabled()  # one run at a time
     _wait_idle(qtbot, widget)
-    timer.stop()
     assert widget.detect_button.isEnabled() and widget.last_outcome.status == "done"
-    want = _expected_cells(widget, 8)
-    prob = widget._prob
+    want = _expected_cells(8)
+    prob = widget.result.heatmap
     assert np.array_equal(np.isfinite(prob), want)
     heat = widget.heatmap_layer
     assert heat.name == "metastasis heatmap"
     assert np.all(heat.data[want] > 0) and np.all(heat.data[~want] == 0)
-    g = widget._geometry
+    g = widget.result.geometry
     assert tuple(heat.scale) == pytest.approx(g.napari_scale(MPP))
     assert tuple(heat.translate) == pytest.approx(g.napari_translate(MPP))
-    assert "metastases" in viewer.layers and widget.regions_layer is viewer.layers["metastases"]
-    print(f"\nlongest event-loop gap while detecting: {max(gaps) * 1000:.0f} ms; "
-          f"longest tile callback {widget.max_callback_s * 1000:.0f} ms")
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("metastasis heatmap") < names.index("metastases")  # contours on top
+    # The model file's legacy "probability" became the threshold slider's value.
+    assert widget.controls["threshold"].value() == pytest.approx(0.5)
 
-    # Pick two thresholds (from the map's own quantiles) that give different counts.
-    widget.opening.setValue(0.0)
-    widget.min_area.setValue(0.0)
+    set_value(widget, "opening_um", 0.0)
     _wait_idle(qtbot, widget)
     vals = prob[want]
     counts = {}
     for q in (0.2, 0.5, 0.8, 0.95, 0.99):
         t = round(float(np.quantile(vals, q)), 2)
         counts[t] = len(extract_regions(prob, g, MPP, t, 0.0, 0.0))
-    (t1, n1), (t2, n2) = [(t, n) for t, n in counts.items()][:1] + [
-        (t, n) for t, n in counts.items() if n != list(counts.values())[0]][:1]
-    assert n1 != n2, counts
-    net_calls_before = widget.last_outcome.done
+    firsts = list(counts.items())
+    (t1, n1), (t2, n2) = firsts[0], next((t, n) for t, n in firsts if n != firsts[0][1])
+    done_before = widget.last_outcome.done
     for t, n in ((t1, n1), (t2, n2)):
-        widget.threshold.setValue(t)
+        set_value(widget, "threshold", t)
         _wait_idle(qtbot, widget)
         layer = viewer.layers["metastases"]
-        assert len(set(layer.features["region"])) if layer.nshapes else 0 == n
-        assert len(widget._regions) == n
-        assert f"{n} region" in widget.score_label.text()
-    assert widget.last_outcome.done == net_calls_before  # sliders never ran the network
+        assert (len(set(layer.features["region"])) if layer.nshapes else 0) == n
+        assert f"{n} metasta" in widget.score_label.text()
+    assert widget.last_outcome.done == done_before  # sliders never ran the network
 
-    widget.restore_defaults()
+    click(widget.defaults_button)
     _wait_idle(qtbot, widget)
-    assert widget.threshold.value() == pytest.approx(0.5)
+    assert widget.controls["threshold"].value() == pytest.approx(0.5)
+    assert widget.controls["opening_um"].value() == pytest.approx(0.0)
 
 
-def test_cancel_stops_within_one_roi_and_detect_resumes(widget, viewer, qtbot, monkeypatch
-                                                        ) -> None:
+def test_cancel_button_stops_within_one_roi_and_detect_resumes(widget, viewer, qtbot,
+                                                               monkeypatch) -> None:
     from napari_wsi_detect.engine.heatmap import HeatmapStore
+    from napari_wsi_detect.engine.run import HeatmapTile
 
     widget.roi_cells = 4  # 16 ROIs in the region
-    seen, written_after_cancel = [], []
+    seen, after_cancel = [], []
     original_write = HeatmapStore.write_tile
 
     def write_tile(self, r0, c0, probs):
-        # Worker thread: was the cancel already asked for when this ROI landed?
-        written_after_cancel.append(event.is_set())
+        after_cancel.append(widget._cancel is not None and widget._cancel.is_set())
         original_write(self, r0, c0, probs)
 
     monkeypatch.setattr(HeatmapStore, "write_tile", write_tile)
 
     def on_tile(ev):
-        from napari_wsi_detect.engine.run import HeatmapTile
-
         if isinstance(ev, HeatmapTile):
             seen.append(ev)
             if len(seen) == 2:
-                widget.cancel()
+                click(widget.cancel_button)
 
-    widget.detect()
-    event = widget._cancel
+    click(widget.detect_button)
     widget._worker.yielded.connect(on_tile)
     _wait_idle(qtbot, widget)
     out = widget.last_outcome
     assert out.status == "cancelled" and 2 <= out.done < 16
-    # The worker runs ahead of the main thread (tiles queue up as events), so count in
-    # the worker's time: at most the ROI in flight lands after the cancel.
-    assert sum(written_after_cancel) <= 1, "cancel must take effect within one ROI"
-    store = widget._store
-    assert int(store.computed_blocks().sum()) == out.done
-    heat = widget.heatmap_layer.data
-    assert np.array_equal(heat > 0, np.isfinite(widget._prob))  # layer == store
+    assert sum(after_cancel) <= 1, "cancel must take effect within one ROI"
+    assert int(out.store.computed_blocks().sum()) == out.done
+    assert out.store.path is not None  # on disk: a napari crash would leave it resumable
+    assert np.array_equal(widget.heatmap_layer.data > 0, np.isfinite(widget.result.heatmap))
     assert "Cancelled" in widget.status_label.text()
+    assert "partial" in widget.score_label.text()
 
-    widget.detect()  # same slide, model and density: resumes
+    click(widget.detect_button)  # same slide, model and density: resumes
     _wait_idle(qtbot, widget)
     assert widget.last_outcome.status == "done"
     assert widget.last_outcome.total == 16 - out.done
-    assert np.array_equal(np.isfinite(widget._prob), _expected_cells(widget, 4))
+    assert np.array_equal(np.isfinite(widget.result.heatmap), _expected_cells(4))
     assert sum(1 for ly in viewer.layers if ly.name.startswith("metastasis heatmap")) == 1
 
 
 def test_errors_become_notifications_and_leave_no_layer(widget, viewer, qtbot, monkeypatch,
                                                         tmp_path) -> None:
-    import napari.utils.notifications as notifications
-
     from napari_wsi_detect.engine import run
+    from napari_wsi_detect.errors import WsiDetectError
 
-    shown = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(msg))
-    widget.set_model_path(tmp_path / "missing.safetensors")
-    widget.detect()
+    shown = _errors(monkeypatch)
+    answer(monkeypatch, "ask_open_file", tmp_path / "missing.safetensors")
+    click(widget.model_button)
+    click(widget.detect_button)
     _wait_idle(qtbot, widget)
     assert shown and "model file not found" in shown[-1]
-    assert "metastasis heatmap" not in viewer.layers and "metastases" not in viewer.layers
+    assert not any(ly.name.startswith("metastas") for ly in viewer.layers)
 
-    # A failure after the heatmap layer exists removes it again.
-    from napari_wsi_detect.models.io import save_model  # noqa: F401  (model from fixture)
-
-    widget.model_combo.setCurrentIndex(1)
+    widget.model_combo.setCurrentIndex(1)  # the tiny model again
     original = run.HeatmapRunner._run_batch
     calls = []
 
@@ -234,84 +245,185 @@ def test_errors_become_notifications_and_leave_no_layer(widget, viewer, qtbot, m
         yield from original(self, batch, start)
 
     monkeypatch.setattr(run.HeatmapRunner, "_run_batch", failing)
-    widget.detect()
+    click(widget.detect_button)
     _wait_idle(qtbot, widget)
     assert "simulated" in shown[-1]
     assert not any(ly.name.startswith("metastas") for ly in viewer.layers)
     assert widget.detect_button.isEnabled() and not widget.cancel_button.isEnabled()
 
-    widget.region_combo.setCurrentText("Whole slide")
     viewer.layers.remove("region")
-    widget.region_combo.setCurrentText("Rectangle (Shapes layer)")
-    widget.detect()  # no rectangle: a clear message, nothing started
+    click(widget.detect_button)  # no rectangle: a clear message, nothing started
     assert "draw a rectangle" in shown[-1] and not widget.running
 
 
-def test_export_import_and_saved_run(widget, viewer, qtbot, tmp_path) -> None:
-    from napari_wsi_detect.annotations.geojson import check_qupath_geojson, load_geojson_object
+def test_edits_survive_slider_moves_and_drawn_shapes_are_their_own(widget, viewer, qtbot,
+                                                                  monkeypatch, tmp_path
+                                                                  ) -> None:
+    from napari_wsi_detect.annotations.geojson import load_geojson_object
 
-    widget.detect()
+    set_value(widget, "opening_um", 0.0)
+    click(widget.detect_button)
     _wait_idle(qtbot, widget)
-    # A synthetic result with a hole, on this slide's map.
-    g = widget._geometry
-    prob = np.full(g.shape, 0.1, dtype=np.float32)
-    prob[70:90, 70:90] = 0.95
-    prob[76:80, 76:80] = 0.05
-    widget._prob = prob
-    widget.opening.setValue(0.0)
-    widget.threshold.setValue(0.5)
-    widget.update_regions()
+    vals = widget.result.heatmap[np.isfinite(widget.result.heatmap)]
+    set_value(widget, "threshold", float(np.floor(np.quantile(vals, 0.9) * 100) / 100))
     _wait_idle(qtbot, widget)
     layer = widget.regions_layer
-    assert layer.nshapes == 2 and list(layer.features["is_hole"]) == [False, True]
-    path = widget.export_geojson(tmp_path / "regions.geojson", layer)
-    obj = load_geojson_object(path)
-    assert check_qupath_geojson(obj) == []
-    geom = obj["features"][0]["geometry"]
-    assert geom["type"] == "Polygon" and len(geom["coordinates"]) == 2
-    # Level-0 pixels, whatever the layer transform: the hole is cells 76-79.
-    hole = np.asarray(geom["coordinates"][1])
-    assert hole.min(axis=0).tolist() == [76 * 16, 76 * 16]
+    n = layer.nshapes
+    assert n >= 1
+    # The pathologist draws a polygon after selecting a detection (napari copies the
+    # selected shape's values into "current properties").
+    layer.selected_data = {0}
+    y0, x0 = (np.array([200.0, 200.0]) * MPP).tolist()
+    square = np.array([[y0, x0], [y0, x0 + 20], [y0 + 20, x0 + 20], [y0 + 20, x0]])
+    layer.add_polygons([square])
+    assert layer.features["region"].iloc[-1] == -1  # a region of its own
+    assert layer.features["max_probability"].iloc[-1] == pytest.approx(1.0)
 
-    [back] = viewer.open(str(path), plugin="napari-wsi-detect")
-    assert back.nshapes == 2 and list(back.features["is_hole"]) == [False, True]
-    for a, b in zip(back.data, layer.data, strict=True):
-        assert np.allclose(np.sort(a, axis=0), np.sort(b, axis=0))
-    assert tuple(back.scale) == pytest.approx((MPP, MPP))  # on the slide's µm grid
+    set_value(widget, "threshold", 0.05)  # would replace every shape of the layer
+    _wait_idle(qtbot, widget)
+    assert "metastases (edited)" in viewer.layers
+    edited = viewer.layers["metastases (edited)"]
+    assert edited.nshapes == n + 1  # the hand-drawn shape is still there
+    assert widget.regions_layer is not edited and widget.regions_layer.name == "metastases"
+    assert "kept" in widget.status_label.text()
 
-    bad = tmp_path / "bad.geojson"
-    bad.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"}]}')
-    n_layers = len(viewer.layers)
-    with pytest.raises(Exception, match="no geometry"):
-        viewer.open(str(bad), plugin="napari-wsi-detect")
-    assert len(viewer.layers) == n_layers
+    viewer.layers.selection.active = edited
+    answer(monkeypatch, "ask_save_file", tmp_path / "edited.geojson")
+    click(widget.export_button)
+    feats = load_geojson_object(tmp_path / "edited.geojson")["features"]
+    drawn = [f for f in feats if not f["properties"].get("measurements")
+             or f["properties"]["measurements"].get("max_probability", 1.0) == 1.0]
+    assert len(feats) == len({f["id"] for f in feats}) and drawn  # not merged into another
 
-    run_dir = widget.save_run(tmp_path / "run")
-    assert (run_dir / "heatmap.zarr").is_dir() and (run_dir / "regions.geojson").is_file()
+
+def test_results_stay_with_their_slide_and_previous_runs_are_kept(widget, viewer, qtbot,
+                                                                 phantom_small) -> None:
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    first_heat = widget.heatmap_layer
+    set_value(widget, "alpha", 1)  # other settings: a new map, the old one is kept
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    assert any(ly.name.startswith("metastasis heatmap (previous") for ly in viewer.layers)
+    assert first_heat in viewer.layers and widget.heatmap_layer is not first_heat
+    assert "previous result was kept" in widget.status_label.text()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        [second] = viewer.open(str(phantom_small), plugin="napari-wsi-detect")
+    second.name = "second slide"
+    widget.slide_combo.setCurrentText("second slide")
+    first_regions = viewer.layers["metastases"]
+    n_first = first_regions.nshapes
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    assert widget.regions_layer is not first_regions
+    assert widget.regions_layer.name == "metastases (second slide)"
+    assert first_regions.nshapes == n_first
+
+
+def test_export_save_and_open_run_through_the_buttons(widget, viewer, qtbot, monkeypatch,
+                                                      tmp_path) -> None:
+    import json
+
+    from napari_wsi_detect.annotations.geojson import check_qupath_geojson, load_geojson_object
+
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    vals = widget.result.heatmap[np.isfinite(widget.result.heatmap)]
+    t = float(np.floor(np.quantile(vals, 0.9) * 100) / 100)  # some cells at or above
+    set_value(widget, "threshold", t)
+    _wait_idle(qtbot, widget)
+    layer = widget.regions_layer
+    assert layer.nshapes, (t, widget.values(), vals.max(), len(widget.result.regions))
+    viewer.layers.selection.active = layer
+    answer(monkeypatch, "ask_save_file", tmp_path / "regions.geojson")
+    click(widget.export_button)
+    assert check_qupath_geojson(load_geojson_object(tmp_path / "regions.geojson")) == []
+
+    answer(monkeypatch, "ask_folder", tmp_path / "run")
+    click(widget.save_button)
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] is True  # every planned ROI was computed
+    assert summary["parameters"]["threshold"] == pytest.approx(t)
+    assert "probability" not in summary["parameters"]
     assert check_qupath_geojson(load_geojson_object(run_dir / "regions.geojson")) == []
     saved_heat = widget.heatmap_layer.data.copy()
-    for name in ("metastasis heatmap", "metastases"):
-        viewer.layers.remove(name)
-    widget._prob = widget._store = None
-    widget.open_run(run_dir)
+    n_saved = layer.nshapes
+
+    set_value(widget, "threshold", 0.9)
+    _wait_idle(qtbot, widget)
+    click(widget.open_button)  # same folder (hook)
     _wait_idle(qtbot, widget)
     assert np.array_equal(widget.heatmap_layer.data, saved_heat)
-    assert viewer.layers["metastases"].nshapes == 2
+    assert widget.regions_layer.nshapes == n_saved
+    assert widget.controls["threshold"].value() == pytest.approx(t)  # from the summary
+    set_value(widget, "threshold", 0.8)
+    click(widget.defaults_button)  # the model's defaults, not a fallback
+    _wait_idle(qtbot, widget)
+    assert widget.controls["threshold"].value() == pytest.approx(0.5)
 
 
-def test_open_run_refuses_another_slide(widget, qtbot, tmp_path) -> None:
-    import napari.utils.notifications as notifications
+def test_a_cli_run_opens_and_resumes_in_the_widget(widget, viewer, qtbot, monkeypatch,
+                                                   tmp_path, phantom_small, tiny_model) -> None:
+    import threading
 
+    from napari_wsi_detect.detectors.job import DetectionRequest, detection_events
+    from napari_wsi_detect.engine.run import HeatmapTile
+
+    out = tmp_path / "cli-run"
+    cancel = threading.Event()
+    req = DetectionRequest("metastases", str(phantom_small), model=str(tiny_model),
+                           device="cpu", region=REGION, out=str(out), roi_cells=4,
+                           use_tissue=False)
+    tiles = 0
+    for ev in detection_events(req, cancel):  # what `wsi-detect metastases --out` runs
+        if isinstance(ev, HeatmapTile):
+            tiles += 1
+            if tiles == 3:
+                cancel.set()
+    assert (out / "heatmap.zarr.partial").is_dir()
+
+    widget.roi_cells = 4
+    answer(monkeypatch, "ask_folder", out)
+    click(widget.open_button)
+    _wait_idle(qtbot, widget)
+    assert "partial" in widget.status_label.text()
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    assert widget.last_outcome.status == "done"
+    assert widget.last_outcome.total == 16 - 3  # resumed, in the CLI's own folder
+    assert (out / "heatmap.zarr").is_dir() and (out / "summary.json").is_file()
+
+
+def test_open_run_refuses_another_slide(widget, monkeypatch, tmp_path) -> None:
     from napari_wsi_detect.engine.heatmap import HeatmapStore
 
     g = MapGeometry.for_slide((1000, 1000), MPP, MPP, alpha=2)
     HeatmapStore.create(None, g, 8, "m").copy_to(tmp_path / "heatmap.zarr")
-    shown = []
-    orig = notifications.show_error
-    notifications.show_error = lambda msg: shown.append(msg)
-    try:
-        widget.open_run(tmp_path)
-    finally:
-        notifications.show_error = orig
+    shown = _errors(monkeypatch)
+    answer(monkeypatch, "ask_folder", tmp_path)
+    click(widget.open_button)
     assert shown and "open the slide it was made on" in shown[-1]
     assert widget.heatmap_layer is None
+
+
+def test_closing_the_widget_cancels_its_run(widget, viewer, qtbot, monkeypatch) -> None:
+    import time
+
+    from napari_wsi_detect.engine import run
+
+    original = run.HeatmapRunner._run_batch
+
+    def slow(self, batch, start):
+        time.sleep(0.2)  # still running when the widget goes
+        yield from original(self, batch, start)
+
+    monkeypatch.setattr(run.HeatmapRunner, "_run_batch", slow)
+    widget.roi_cells = 2
+    click(widget.detect_button)
+    qtbot.waitUntil(lambda: widget.heatmap_layer is not None, timeout=60_000)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_outcome is not None and widget.last_outcome.status == "cancelled"

@@ -1,9 +1,12 @@
-"""Small Qt controls of the dock widget (no napari imports)."""
+"""Small Qt controls of the dock widget, and the controls built from a detector's
+parameter schema (no napari imports)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QSlider, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QSlider, QWidget
 
 
 class FloatSlider(QWidget):
@@ -23,7 +26,9 @@ class FloatSlider(QWidget):
         self.spin.setDecimals(decimals)
         self.spin.setSuffix(suffix)
         self.spin.setKeyboardTracking(False)  # typing "0.35" is one change, not three
-        self.spin.setMinimumWidth(90)
+        # Wide enough for the value and its unit ("16.0 µm" was clipped to "16.0 µn").
+        self.spin.setMinimumWidth(self.spin.fontMetrics().horizontalAdvance(
+            f"{maximum:.{decimals}f}{suffix}") + 40)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.slider, 1)
@@ -50,3 +55,41 @@ class FloatSlider(QWidget):
             self.slider.setValue(ticks)
             self.slider.blockSignals(False)
         self.valueChanged.emit(float(value))
+
+
+class ChoiceCombo(QComboBox):
+    """A combo box over a parameter's fixed choices, with the FloatSlider interface."""
+
+    valueChanged = Signal(float)
+
+    def __init__(self, choices: tuple[int, ...], value: float, label: Any = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        for c in choices:
+            self.addItem(label(c) if label else str(c), c)
+        self.setValue(value)
+        self.currentIndexChanged.connect(lambda _i: self.valueChanged.emit(self.value()))
+
+    def value(self) -> float:
+        return self.currentData()
+
+    def setValue(self, value: float) -> None:  # noqa: N802 - Qt naming
+        index = self.findData(int(value))
+        if index >= 0:
+            self.setCurrentIndex(index)
+
+
+def control_for(param: Any) -> QWidget:
+    """The control of one schema `Param`: a combo for fixed choices, else a slider with
+    a spin box; its tooltip is the parameter's help and range."""
+    unit = f" {param.unit}" if param.unit else ""
+    if param.choices:
+        label = (lambda a: f"α = {a}  (a value every {32 // a} model px)") \
+            if param.key == "alpha" else None
+        control: QWidget = ChoiceCombo(param.choices, param.default, label)
+    else:
+        control = FloatSlider(param.minimum, param.maximum, param.step, param.default,
+                              decimals=param.decimals, suffix=unit)
+    control.setToolTip(f"{param.help} ({param.describe_range()})")
+    control.setObjectName(param.key)
+    return control

@@ -258,6 +258,8 @@ def open_heatmap(path: str | Path, mode: str = "r") -> HeatmapStore:
     path = Path(path)
     if (path / FINAL_NAME).is_dir():
         path = path / FINAL_NAME
+    elif (path / (FINAL_NAME + PARTIAL_SUFFIX)).is_dir():  # a run folder, cancelled
+        path = path / (FINAL_NAME + PARTIAL_SUFFIX)
     elif not path.exists() and path.with_name(path.name + PARTIAL_SUFFIX).is_dir():
         path = path.with_name(path.name + PARTIAL_SUFFIX)
     return HeatmapStore.open(path, mode=mode)
