@@ -79,7 +79,7 @@ def write_test_phantoms(work: Path, seeds: list[int], normal: set[int],
                         size: tuple[int, int], lesions: tuple[int, int, int]
                         ) -> list[tuple[int, Path]]:
     """The test slides, written once (a slide on disk always has its truth beside it)."""
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     tag = f"{size[0]}x{size[1]}-l{'-'.join(map(str, lesions))}"
     folder = work / f"slides-{tag}"
@@ -106,8 +106,8 @@ def run_slide(variant: Variant, seed: int, slide_path: Path, run_dir: Path,
     from napari_wsi_detect.api import detect_metastases
     from napari_wsi_detect.demo import detections_of, render_overview
     from napari_wsi_detect.errors import WsiDetectError
+    from napari_wsi_detect.phantom import load_phantom_truth
     from napari_wsi_detect.slide import open_slide
-    from napari_wsi_detect.slide.phantom import load_phantom_truth
 
     truth = load_phantom_truth(slide_path)
     t = time.perf_counter()
@@ -144,8 +144,8 @@ def sweep_postprocessing(runs: list[SlideRun], openings_um: list[float],
     from dataclasses import replace
 
     from napari_wsi_detect.demo import detections_of
+    from napari_wsi_detect.phantom import load_phantom_truth
     from napari_wsi_detect.postprocess.regions import extract_regions
-    from napari_wsi_detect.slide.phantom import load_phantom_truth
 
     out = []
     for threshold in thresholds or [0.5]:

@@ -26,7 +26,7 @@ BUNDLED = REPO / "src" / "napari_wsi_detect" / "models" / "bundled"
 
 def write_phantoms(work: Path, seeds: list[int], normal: set[int], size: tuple[int, int]
                    ) -> list[Path]:
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     paths = []
     for s in seeds:

@@ -30,7 +30,7 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def phantom_small(tmp_path_factory) -> Path:
     """A small phantom slide (4096 x 3072 at 0.243 mpp) written once per session."""
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     out = tmp_path_factory.mktemp("phantom") / "phantom.tif"
     write_phantom(out, seed=7, size=(4096, 3072), mpp=0.243)

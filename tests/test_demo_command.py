@@ -17,7 +17,7 @@ BUNDLED = (Path(__file__).resolve().parents[1] / "src" / "napari_wsi_detect" / "
 @pytest.fixture(scope="module")
 def tumour_phantom(tmp_path_factory) -> Path:
     """2048 x 1536 phantom with one micro-metastasis (a non-ITC lesion for the FROC)."""
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     path = tmp_path_factory.mktemp("demo") / "tumor.tif"
     truth = write_phantom(path, seed=7, size=(2048, 1536),
@@ -55,8 +55,8 @@ def test_render_overview_keeps_the_slide_visible_under_low_probabilities(
         tumour_phantom, random_model, tmp_path):
     from napari_wsi_detect.api import detect_metastases
     from napari_wsi_detect.demo import render_overview
+    from napari_wsi_detect.phantom import load_phantom_truth
     from napari_wsi_detect.slide import open_slide
-    from napari_wsi_detect.slide.phantom import load_phantom_truth
 
     truth = load_phantom_truth(tumour_phantom)
     with open_slide(tumour_phantom) as slide:
@@ -87,7 +87,7 @@ def test_render_overview_keeps_the_slide_visible_under_low_probabilities(
 
 def test_froc_of_slide_scores_hits_and_misses(tumour_phantom, tmp_path):
     from napari_wsi_detect.demo import froc_of_slide
-    from napari_wsi_detect.slide.phantom import load_phantom_truth, write_phantom
+    from napari_wsi_detect.phantom import load_phantom_truth, write_phantom
 
     truth = load_phantom_truth(tumour_phantom)
     cx, cy = np.asarray(truth.tumours[0].polygon).mean(axis=0)

@@ -124,7 +124,7 @@ def test_slide_without_pixel_size_opens_in_pixels_with_a_warning(viewer) -> None
 
 @pytest.mark.gui
 def test_phantom_sample_data(viewer, tmp_path, monkeypatch) -> None:
-    pytest.importorskip("napari_wsi_detect.slide.phantom", reason="phantom.py not written yet")
+    pytest.importorskip("napari_wsi_detect.phantom", reason="phantom package not available")
     from napari_wsi_detect._napari import sample_data
 
     monkeypatch.setenv("NAPARI_WSI_DETECT_CACHE", str(tmp_path))

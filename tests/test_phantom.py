@@ -15,14 +15,14 @@ from skimage.draw import polygon as draw_polygon
 from skimage.measure import points_in_poly
 
 from napari_wsi_detect.errors import AnnotationError, WsiDetectError
-from napari_wsi_detect.slide import phantom_render
-from napari_wsi_detect.slide.phantom import (
+from napari_wsi_detect.phantom import (
     load_phantom_truth,
     phantom_layout,
     render_phantom_region,
     write_phantom,
 )
-from napari_wsi_detect.slide.phantom_pyramid import level_sizes, write_pyramid_tiff
+from napari_wsi_detect.phantom import render as phantom_render
+from napari_wsi_detect.phantom.pyramid import level_sizes, write_pyramid_tiff
 
 SMALL = dict(seed=7, size=(4096, 3072), mpp=0.243)
 

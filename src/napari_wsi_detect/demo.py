@@ -134,8 +134,8 @@ def run_demo(out_dir: str | Path = "demo-output", seed: int = DEMO_SEED,
              size: tuple[int, int] = DEMO_SIZE, model: str = "demo", alpha: int = 2,
              device: str = "auto", progress: Any = None) -> DemoOutcome:
     from .api import detect_metastases
+    from .phantom import load_phantom_truth, write_phantom
     from .slide import open_slide
-    from .slide.phantom import load_phantom_truth, write_phantom
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -30,7 +30,7 @@ def phantom_path(seed: int | None = None, size: tuple[int, int] | None = None) -
     out = cache_dir() / f"phantom-lymph-node-seed{seed}-{size[0]}x{size[1]}.tif"
     if out.exists():
         return out
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target, then rename: a second napari, or one killed half-way,

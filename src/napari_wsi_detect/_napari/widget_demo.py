@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from napari_wsi_detect._napari.widget import DetectMetastasesWidget
     from napari_wsi_detect.models.io import BUNDLED_DIR, save_model
     from napari_wsi_detect.models.scannet import ScanNetFCN
-    from napari_wsi_detect.slide.phantom import write_phantom
+    from napari_wsi_detect.phantom import write_phantom
 
     ap = argparse.ArgumentParser()
     ap.add_argument("out", nargs="?", default="/tmp/wsi-widget-demo")

@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ _DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2,
           "Polygon": 2, "MultiPolygon": 3}
 TUMOUR_CLASS = ("Tumor", (200, 0, 0))  # QuPath's built-in "Tumor" class and colour
 MITOSIS_CLASS = ("Mitosis", (255, 200, 0))
+IMPOSTER_CLASS = ("Imposter", (0, 160, 255))  # phantom look-alikes of mitoses (not QuPath's)
 DECIMALS = 3
 
 
@@ -147,24 +148,31 @@ def points_to_features(
     ]
 
 
-def feature_collection(features: Iterable[Feature | dict[str, Any]]) -> dict[str, Any]:
+def feature_collection(features: Iterable[Feature | dict[str, Any]],
+                       members: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A FeatureCollection; `members` are extra top-level ("foreign", RFC 7946 §6.1)
+    members such as a phantom's metadata, which readers that do not know them ignore."""
     out = []
     for f in features:
         out.append(f.to_geojson() if isinstance(f, Feature) else f)
-    return {"type": "FeatureCollection", "features": out}
+    doc: dict[str, Any] = {"type": "FeatureCollection", "features": out}
+    for key, value in (members or {}).items():
+        doc.setdefault(str(key), value)  # never overrides "type" or "features"
+    return doc
 
 
 # --- writing -------------------------------------------------------------------------------
 
 
 def write_geojson(path: str | os.PathLike, features: Iterable[Feature | dict[str, Any]],
-                  gz: bool | None = None) -> Path:
+                  gz: bool | None = None, members: Mapping[str, Any] | None = None) -> Path:
     """Write a FeatureCollection atomically (temporary file + os.replace). `gz` None:
-    gzip when the name ends in .gz. Returns the path."""
+    gzip when the name ends in .gz. `members`: extra top-level members (see
+    `feature_collection`). Returns the path."""
     path = Path(path)
     if gz is None:
         gz = path.suffix == ".gz"
-    obj = feature_collection(features)
+    obj = feature_collection(features, members)
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:

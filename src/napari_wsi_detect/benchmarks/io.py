@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def bench_phantom(size: tuple[int, int], cache_dir: Path, seed: int = 0) -> Path:
     """A large pyramidal JPEG TIFF, generated once and cached: the project's phantom
-    (slide.phantom.write_phantom) when it is available and works, else a streamed
+    (phantom.write_phantom) when it is available and works, else a streamed
     texture pyramid written here."""
     import shutil
 
@@ -62,7 +62,7 @@ def bench_phantom(size: tuple[int, int], cache_dir: Path, seed: int = 0) -> Path
     if path.exists():
         return path
     try:
-        from ..slide.phantom import write_phantom
+        from ..phantom import write_phantom
     except ImportError:
         write_phantom = None
     if write_phantom is not None:

@@ -67,7 +67,7 @@ def _loop(source: object, n_producers: int, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..slide.phantom import write_phantom
+    from ..phantom import write_phantom
     from ..training.patches import PatchBatchSource
     from ..training.sampler import PatchSampler
     from ..training.trainer import load_candidates, pair_annotations

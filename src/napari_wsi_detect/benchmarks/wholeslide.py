@@ -81,7 +81,7 @@ class _RssSampler:
 
 
 def _phantom(cache: Path, size: tuple[int, int]) -> Path:
-    from ..slide.phantom import write_phantom
+    from ..phantom import write_phantom
 
     path = cache / f"phantom-{size[0]}x{size[1]}-seed0.tif"
     if not path.exists():

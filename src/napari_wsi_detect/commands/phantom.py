@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..slide.phantom import DEFAULT_SIZE, write_phantom
+    from ..phantom import DEFAULT_SIZE, write_phantom
 
     size = tuple(args.size) if args.size else DEFAULT_SIZE
     lesions = None

@@ -11,7 +11,7 @@
 * `x.tumour-mask.tif`: the Camelyon16 evaluation mask at level 5 (downsample 32),
   uint8, 0 = no tumour, k = lesion k (the polygon's `lesion` property).
 
-The slide is rendered tile by tile from the seed alone (see `phantom_render`), so any
+The slide is rendered tile by tile from the seed alone (see `phantom.render`), so any
 size streams in bounded memory, and the truth polygons are the very polygons that decided
 which pixels became tumour.
 """
@@ -28,17 +28,26 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from ..annotations.geojson import (
+    IMPOSTER_CLASS,
+    MITOSIS_CLASS,
+    TUMOUR_CLASS,
+    Feature,
+    load_geojson_object,
+    parse_geojson,
+    write_geojson,
+)
 from ..errors import AnnotationError, WsiDetectError
-from .phantom_geometry import raster_polygon
-from .phantom_layout import PhantomLayout, make_layout
-from .phantom_pyramid import write_pyramid_tiff
-from .phantom_render import PhantomRenderer
+from .geometry import raster_polygon
+from .layout import PhantomLayout, make_layout
+from .pyramid import write_pyramid_tiff
+from .render import PhantomRenderer
 
 __all__ = [
     "DEFAULT_SIZE",
     "MASK_DOWNSAMPLE",
+    "PhantomLesion",
     "PhantomTruth",
-    "TumourTruth",
     "load_phantom_truth",
     "phantom_layout",
     "render_phantom_region",
@@ -49,13 +58,10 @@ __all__ = [
 
 DEFAULT_SIZE = (20000, 15000)  # 4.9 × 3.6 mm at 0.243 µm/px: room for a macro-metastasis
 MASK_DOWNSAMPLE = 32  # level 5
-TUMOR_COLOR = [200, 0, 0]
-MITOSIS_COLOR = [255, 200, 0]
-IMPOSTER_COLOR = [0, 160, 255]
 
 
 @dataclass
-class TumourTruth:
+class PhantomLesion:
     label: int  # value of this lesion in the tumour mask
     size_class: str  # "macro" | "micro" | "itc"
     polygon: np.ndarray  # (N, 2) level-0 (x, y), open ring
@@ -72,7 +78,7 @@ class PhantomTruth:
     mpp: float
     size: tuple[int, int]  # (width, height) level-0 px
     seed: int
-    tumours: list[TumourTruth] = field(default_factory=list)
+    tumours: list[PhantomLesion] = field(default_factory=list)
     mitoses: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (N, 2) x, y
     imposters: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     mitosis_kinds: list[str] = field(default_factory=list)
@@ -208,7 +214,7 @@ def _uuid(seed: int, family: int, index: int) -> str:
 
 def _truth_from_layout(layout: PhantomLayout, path: Path, geojson_path: Path, mask_path: Path, notes: list[str]) -> PhantomTruth:
     tumours = [
-        TumourTruth(les.label, les.size_class, les.polygon.copy(), les.area_um2, les.major_axis_um, _uuid(layout.seed, 0, les.label))
+        PhantomLesion(les.label, les.size_class, les.polygon.copy(), les.area_um2, les.major_axis_um, _uuid(layout.seed, 0, les.label))
         for les in layout.lesions
     ]
     return PhantomTruth(
@@ -246,62 +252,50 @@ def _write_mask(path: Path, layout: PhantomLayout) -> None:
     )
 
 
-def _point_feature(fid: str, x: float, y: float, cls: str, color: list[int], kind: str, lesion: int) -> dict:
-    return {
-        "type": "Feature",
-        "id": fid,
-        "geometry": {"type": "Point", "coordinates": [round(x, 2), round(y, 2)]},
-        "properties": {
-            "objectType": "detection",
-            "classification": {"name": cls, "color": color},
-            "kind": kind,
-            "lesion": lesion,
-        },
-    }
+def _point_feature(fid: str, x: float, y: float, cls: tuple[str, tuple[int, int, int]], kind: str,
+                   lesion: int) -> Feature:
+    return Feature(
+        geometry={"type": "Point", "coordinates": [round(x, 2), round(y, 2)]},
+        object_type="detection", classification=cls[0], color=cls[1], id=fid,
+        properties={"kind": kind, "lesion": lesion},
+    )
 
 
 def _write_geojson(path: Path, truth: PhantomTruth, tumour: bool) -> None:
     features = []
     for t in truth.tumours:
         ring = np.vstack([t.polygon, t.polygon[:1]]).round(2).tolist()
-        features.append({
-            "type": "Feature",
-            "id": t.id,
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"{t.size_class}-{t.label}",
-                "classification": {"name": "Tumor", "color": TUMOR_COLOR},
-                "size_class": t.size_class,
+        features.append(Feature(
+            geometry={"type": "Polygon", "coordinates": [ring]},
+            object_type="annotation",
+            classification=TUMOUR_CLASS[0],
+            color=TUMOUR_CLASS[1],
+            measurements={
+                "area_um2": round(t.area_um2, 1),
+                "major_axis_um": round(t.major_axis_um, 2),
                 "lesion": t.label,
-                "measurements": {
-                    "area_um2": round(t.area_um2, 1),
-                    "major_axis_um": round(t.major_axis_um, 2),
-                    "lesion": t.label,
-                },
             },
-        })
+            name=f"{t.size_class}-{t.label}",
+            id=t.id,
+            properties={"size_class": t.size_class, "lesion": t.label},
+        ))
     seed = truth.seed
     lesion_of = _lesion_lookup(truth)
     for i, ((x, y), kind) in enumerate(zip(truth.mitoses, truth.mitosis_kinds, strict=True)):
-        features.append(_point_feature(_uuid(seed, 1, i), x, y, "Mitosis", MITOSIS_COLOR, kind, lesion_of(x, y)))
+        features.append(_point_feature(_uuid(seed, 1, i), x, y, MITOSIS_CLASS, kind, lesion_of(x, y)))
     for i, ((x, y), kind) in enumerate(zip(truth.imposters, truth.imposter_kinds, strict=True)):
-        features.append(_point_feature(_uuid(seed, 2, i), x, y, "Imposter", IMPOSTER_COLOR, kind, lesion_of(x, y)))
-    doc = {
-        "type": "FeatureCollection",
-        "features": features,
-        # foreign member (allowed by RFC 7946): what this truth belongs to
-        "phantom": {
-            "seed": truth.seed, "mpp": truth.mpp, "size": list(truth.size), "tumour": bool(tumour),
-            "mask": truth.mask_path.name, "mask_downsample": truth.mask_downsample,
-            "counts": truth.counts(), "notes": truth.notes,
-        },
+        features.append(_point_feature(_uuid(seed, 2, i), x, y, IMPOSTER_CLASS, kind, lesion_of(x, y)))
+    # foreign member (allowed by RFC 7946): what this truth belongs to
+    phantom = {
+        "seed": truth.seed, "mpp": truth.mpp, "size": list(truth.size), "tumour": bool(tumour),
+        "mask": truth.mask_path.name, "mask_downsample": truth.mask_downsample,
+        "counts": truth.counts(), "notes": truth.notes,
     }
-    path.write_text(json.dumps(doc))
+    write_geojson(path, features, gz=False, members={"phantom": phantom})
 
 
 def _lesion_lookup(truth: PhantomTruth):
-    from .phantom_geometry import points_in_polygon
+    from .geometry import points_in_polygon
 
     def lesion_of(x: float, y: float) -> int:
         for t in truth.tumours:
@@ -321,35 +315,36 @@ def load_phantom_truth(slide_path: str | os.PathLike) -> PhantomTruth:
             f"no phantom truth {geojson_path.name} beside {slide_path.name}; "
             "write the slide with `wsi-detect phantom` to get one"
         )
-    try:
-        doc = json.loads(geojson_path.read_text())
-        meta = doc["phantom"]
-        feats = doc["features"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AnnotationError(f"{geojson_path.name} is not a phantom truth file ({exc})") from exc
+    doc = load_geojson_object(geojson_path)
+    features = parse_geojson(doc, source=geojson_path.name)
     tumours, mit, imp, mk, ik = [], [], [], [], []
-    for f in feats:
-        props = f.get("properties", {})
-        name = props.get("classification", {}).get("name")
-        geom = f.get("geometry", {})
-        if name == "Tumor" and geom.get("type") == "Polygon":
-            ring = np.asarray(geom["coordinates"][0], dtype=np.float64)[:-1]
-            m = props.get("measurements", {})
-            tumours.append(TumourTruth(int(props["lesion"]), props["size_class"], ring,
-                                       float(m["area_um2"]), float(m["major_axis_um"]), f.get("id", "")))
-        elif name == "Mitosis":
-            mit.append(geom["coordinates"])
-            mk.append(props.get("kind", ""))
-        elif name == "Imposter":
-            imp.append(geom["coordinates"])
-            ik.append(props.get("kind", ""))
-    return PhantomTruth(
-        slide_path=slide_path, geojson_path=geojson_path, mask_path=mask_path,
-        mpp=float(meta["mpp"]), size=(int(meta["size"][0]), int(meta["size"][1])), seed=int(meta["seed"]),
-        tumours=tumours,
-        mitoses=np.asarray(mit, dtype=np.float64).reshape(-1, 2),
-        imposters=np.asarray(imp, dtype=np.float64).reshape(-1, 2),
-        mitosis_kinds=mk, imposter_kinds=ik,
-        mask_downsample=int(meta.get("mask_downsample", MASK_DOWNSAMPLE)),
-        notes=list(meta.get("notes", [])),
-    )
+    try:
+        meta = doc["phantom"]
+        for f in features:
+            props, geom = f.properties, f.geometry
+            if f.classification == TUMOUR_CLASS[0] and geom["type"] == "Polygon":
+                ring = np.asarray(geom["coordinates"][0], dtype=np.float64)[:-1]
+                m = f.measurements
+                tumours.append(PhantomLesion(int(props["lesion"]), props["size_class"], ring,
+                                             float(m["area_um2"]), float(m["major_axis_um"]), f.id))
+            elif f.classification == MITOSIS_CLASS[0]:
+                mit.append(geom["coordinates"])
+                mk.append(props.get("kind", ""))
+            elif f.classification == IMPOSTER_CLASS[0]:
+                imp.append(geom["coordinates"])
+                ik.append(props.get("kind", ""))
+        return PhantomTruth(
+            slide_path=slide_path, geojson_path=geojson_path, mask_path=mask_path,
+            mpp=float(meta["mpp"]), size=(int(meta["size"][0]), int(meta["size"][1])),
+            seed=int(meta["seed"]),
+            tumours=tumours,
+            mitoses=np.asarray(mit, dtype=np.float64).reshape(-1, 2),
+            imposters=np.asarray(imp, dtype=np.float64).reshape(-1, 2),
+            mitosis_kinds=mk, imposter_kinds=ik,
+            mask_downsample=int(meta.get("mask_downsample", MASK_DOWNSAMPLE)),
+            notes=list(meta.get("notes", [])),
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise AnnotationError(
+            f"{geojson_path.name} is not a phantom truth file ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .phantom_geometry import max_feret, points_in_polygon, polygon_area
-from .phantom_noise import fbm, hash_uniform, value_noise
+from .geometry import max_feret, points_in_polygon, polygon_area
+from .noise import fbm, hash_uniform, value_noise
 
 # Camelyon16 size classes by major axis (µm); targets sit inside with a margin.
 MACRO_MIN_UM = 2000.0

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from .phantom_geometry import raster_polygon
-from .phantom_layout import Figure, PhantomLayout, smoothstep
-from .phantom_noise import PeriodicTexture, hash_uniform
+from .geometry import raster_polygon
+from .layout import Figure, PhantomLayout, smoothstep
+from .noise import PeriodicTexture, hash_uniform
 
 FIBRE_ANGLES = (0.0, math.pi / 3, 2 * math.pi / 3)
 
