@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import math
 import os
 import threading
 import time
@@ -43,6 +42,8 @@ from qtpy.QtWidgets import (
 from napari_wsi_detect._napari import result_layers as rl
 from napari_wsi_detect._napari.region_choice import REGION_CHOICES, region_level0, slide_shape0
 from napari_wsi_detect._napari.widget_controls import control_for
+from napari_wsi_detect._napari.widget_files import RunFilesMixin
+from napari_wsi_detect._napari.widget_run import RunEventsMixin
 from napari_wsi_detect.errors import WsiDetectError
 
 _log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def device_choices() -> list[tuple[str, str]]:
     return out
 
 
-class DetectWidget(QWidget):
+class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
     """Dock widget; `napari_viewer` is injected by napari (npe2 widget contribution)."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -396,214 +397,6 @@ class DetectWidget(QWidget):
             self._cancel.set()
             self.status_label.setText("Cancelling after the current ROI…")
 
-    def _on_event(self, event: Any) -> None:
-        """Handle worker events strictly in order: napari's progress bar may process Qt
-        events, which would deliver the next tile re-entrantly; such events queue here."""
-        self._events.append(event)
-        if self._handling:
-            return
-        self._handling = True
-        try:
-            while self._events:
-                self._handle(self._events.popleft())
-        finally:
-            self._handling = False
-
-    def _handle(self, event: Any) -> None:
-        from napari_wsi_detect.detectors.job import JobOutcome, RunStarted
-        from napari_wsi_detect.engine.run import HeatmapTile
-
-        if self._failed:  # queued before this run's error arrived
-            return
-        t = time.perf_counter()
-        try:
-            if isinstance(event, HeatmapTile):
-                self._on_tile(event)
-            elif isinstance(event, RunStarted):
-                self._on_started(event)
-            elif isinstance(event, JobOutcome):
-                self._on_outcome(event)
-        except Exception as exc:  # a bug here must not leave a worker without a UI
-            self._show_error(exc)
-            if self._cancel is not None:
-                self._cancel.set()
-        key = type(event).__name__
-        self.callback_s[key] = max(self.callback_s.get(key, 0.0), time.perf_counter() - t)
-
-    def _on_started(self, ev: Any) -> None:
-        from napari.utils import progress
-
-        from napari_wsi_detect._napari.heatmap_layer import LiveHeatmap
-
-        state, det = self._running_state, self.detector
-        if not ev.resumed:
-            self._set_values(ev.params)  # the model's defaults for a fresh map
-        old = state.heatmap
-        if not (old is not None and old.layer in self.viewer.layers
-                and old.array.shape == ev.geometry.shape):
-            if old is not None:
-                old.remove()
-            name = rl.unique_name(self.viewer, det.heatmap_name, state.slide_layer)
-            state.heatmap = LiveHeatmap(self.viewer, ev.geometry, state.slide_layer, name=name,
-                                        initial=ev.store.to_numpy() if ev.resumed else None)
-            self._new_layers.append(state.heatmap.layer)
-        rl.place_below_results(self.viewer, state.heatmap.layer, state.slide_layer)
-        self._progress = progress(total=max(ev.todo, 1), desc=f"Detecting {det.task}")
-        done = ev.total - ev.todo
-        self.status_label.setText(
-            f"Running on {ev.device}: {ev.todo} ROIs to compute"
-            + (f" ({done} already done, resumed)" if done else "")
-            + (" " + " ".join(state.notes) if state.notes else ""))
-
-    def _on_tile(self, tile: Any) -> None:
-        state = self._running_state
-        if state is not None and state.heatmap is not None:
-            state.heatmap.add_tile(tile)
-        eta = f", about {tile.eta:.0f} s left" if tile.eta is not None else ""
-        text = f"ROI {tile.done} of {tile.total}{eta}"
-        bar = self._progress  # set_description may process events, "finished" included
-        if bar is not None:
-            bar.set_description(f"Detecting {self.detector.task}: {text}")
-            bar.update(1)
-        self.status_label.setText(text)
-
-    def _on_outcome(self, out: Any) -> None:
-        state = self._running_state
-        self.last_outcome = out
-        state.result = out.result
-        if state.heatmap is not None:
-            state.heatmap.flush()
-        self._new_layers = []  # this run's layers are now a valid result
-        self.update_regions(state)
-        if out.status == "cancelled":
-            self.status_label.setText(
-                f"Cancelled after {out.done} of {out.total} ROIs; the heatmap shows those. "
-                "Press Detect to compute the rest.")
-        else:
-            self.status_label.setText(f"Done: {out.done} ROIs in {out.seconds:.1f} s."
-                                      + (" " + " ".join(state.notes) if state.notes else ""))
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._failed = True
-        state = self._running_state
-        for layer in self._new_layers:  # no half-made result
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        if state is not None and state.heatmap is not None \
-                and state.heatmap.layer in self._new_layers:
-            state.heatmap, state.result = None, None
-        self._new_layers = []
-        self.status_label.setText(f"Failed: {exc}")
-        self._show_error(exc)
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._worker = self._cancel = None
-        self.detect_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def _show_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        _log.debug("WSI Detect error", exc_info=exc)
-        if isinstance(exc, WsiDetectError):
-            show_error(f"WSI Detect: {exc}")
-        else:
-            show_error(f"WSI Detect failed ({type(exc).__name__}): {exc}")
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
-        self.cancel()
-        super().closeEvent(event)
-
-    def event(self, event: Any) -> bool:
-        from qtpy.QtCore import QEvent
-
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.cancel()  # napari removed the dock widget: its run stops too
-        return super().event(event)
-
-    # -- post-processing ------------------------------------------------------------------------
-    def _schedule_update(self, *_: Any) -> None:
-        if (state := self._current_state()) is not None and state.result is not None:
-            self._debounce.start()
-
-    def restore_defaults(self) -> None:
-        """Slider values from the model file of the shown result (schema defaults else)."""
-        self._debounce.stop()
-        state = self._current_state()
-        config = state.result.config if state is not None and state.result else None
-        self._set_values(self.detector.defaults(config))
-        self.update_regions()
-
-    @property
-    def postprocessing(self) -> bool:
-        return self._post_worker is not None
-
-    def update_regions(self, state: rl.SlideResult | None = None) -> None:
-        """Re-run post-processing on the stored map in a worker, then swap the result
-        layer on the main thread; moves made meanwhile coalesce into one more update."""
-        from napari.qt.threading import create_worker
-
-        state = state or self._current_state()
-        if state is None or state.result is None:
-            return
-        if self._post_worker is not None:
-            self._post_pending = True
-            return
-        if state.edited:
-            kept = rl.freeze_edited(self.viewer, state)
-            if kept:
-                self.status_label.setText(
-                    f"Your edited layer was kept as '{kept}'; the new values go to a new layer.")
-        mpp = state.slide_layer.metadata.get("mpp")
-        name = (state.regions_layer.name if state.regions_layer is not None
-                else rl.unique_name(self.viewer, self.detector.layer_name, state.slide_layer))
-        self._post_worker = create_worker(
-            _postprocess, state.result, self.values(), mpp, name, _start_thread=False,
-            _connect={"returned": functools.partial(self._on_regions, state),
-                      "errored": self._show_error, "finished": self._on_post_finished})
-        self._post_worker.start()
-
-    def _on_regions(self, state: rl.SlideResult, layer_data: tuple) -> None:
-        from napari.layers import Layer
-
-        new = Layer.create(*layer_data)
-        old = state.regions_layer
-        state.updating = True
-        try:
-            if not (old is not None and old in self.viewer.layers and _refill(old, new)):
-                if old is not None and old in self.viewer.layers:
-                    self.viewer.layers.remove(old)
-                self.viewer.add_layer(new)
-                state.regions_layer = new
-            rl.watch_edits(state, self._on_edited)
-            rl.reset_feature_defaults(state.regions_layer)
-        finally:
-            state.updating = False
-        if state.heatmap is not None:
-            rl.place_below_results(self.viewer, state.heatmap.layer, state.slide_layer)
-        self._set_score(state)
-
-    def _on_edited(self, state: rl.SlideResult) -> None:
-        self.status_label.setText(
-            "Result layer edited: slider changes now go to a new layer (your edits stay).")
-
-    def _set_score(self, state: rl.SlideResult) -> None:
-        det = state.result.detections
-        text = "–" if not math.isfinite(det.score) else f"{det.score:.3f}"
-        n = len(det)
-        what = self.detector.layer_name if n != 1 else self.detector.layer_name.rstrip("s")
-        self.score_label.setText(f"Slide score: {text}   ·   {n} {what}"
-                                 + ("" if state.result.complete else "   ·   (partial map)"))
-
-    def _on_post_finished(self) -> None:
-        self._post_worker = None
-        if self._post_pending:
-            self._post_pending = False
-            self.update_regions()
-
     @property
     def regions_layer(self) -> Any:
         state = self._current_state()
@@ -619,98 +412,6 @@ class DetectWidget(QWidget):
         state = self._current_state()
         return state.result if state is not None else None
 
-    # -- files ----------------------------------------------------------------------------------
-    @_notify_errors
-    def export_geojson(self) -> Path | None:
-        """Write the selected Shapes/Points layer (else the result layer) as QuPath
-        GeoJSON in level-0 pixels, to a file chosen in a dialog."""
-        from napari.layers import Points, Shapes
-
-        from napari_wsi_detect._napari.writer import write_layer
-
-        layer = self.viewer.layers.selection.active
-        if not isinstance(layer, (Shapes, Points)):
-            layer = self.regions_layer
-        if layer is None or layer not in self.viewer.layers:
-            raise WsiDetectError("nothing to export: select a Shapes or Points layer")
-        path = ask_save_file(self, "Export GeoJSON", f"{layer.name}.geojson",
-                             "QuPath GeoJSON (*.geojson *.geojson.gz)")
-        if not path:
-            return None
-        state = self._current_state()
-        mpp = state.slide_layer.metadata.get("mpp") if state is not None else None
-        out = write_layer(path, layer, mpp)
-        self.status_label.setText(f"Exported {layer.name} to {out}")
-        return out
-
-    @_notify_errors
-    def save_run(self) -> Path | None:
-        """Write heatmap.zarr, the result layer as edited, and summary.json."""
-        from napari_wsi_detect._napari.shapes_io import layer_to_features
-
-        state = self._current_state()
-        if state is None or state.result is None:
-            raise WsiDetectError("no result to save yet: run Detect first")
-        folder = ask_folder(self, "Save the run into a folder")
-        if not folder:
-            return None
-        features = None
-        if state.regions_layer is not None and state.regions_layer in self.viewer.layers:
-            features = layer_to_features(state.regions_layer,
-                                         state.slide_layer.metadata.get("mpp"))
-        out = state.result.write(folder, features=features)
-        self.status_label.setText(f"Saved the run to {out}")
-        return out
-
-    @_notify_errors
-    def open_run(self) -> None:
-        """Show a saved run folder on the chosen slide; Detect then resumes into it."""
-        from napari_wsi_detect._napari import run_files
-        from napari_wsi_detect._napari.heatmap_layer import LiveHeatmap
-        from napari_wsi_detect._napari.shapes_io import KIND_REGIONS, features_to_layers
-        from napari_wsi_detect.annotations.geojson import read_geojson
-        from napari_wsi_detect.detectors import get_detector
-
-        folder = ask_folder(self, "Open a saved run folder")
-        if not folder:
-            return
-        folder = Path(folder)
-        layer = self.slide_layer()
-        result = run_files.load_run(folder, layer, slide_shape0(layer))
-        det = get_detector(result.task)
-        self.task_combo.setCurrentIndex(max(0, self.task_combo.findData(det.task)))
-        state = self._state(layer)
-        if state.result is not None:
-            rl.keep_as_previous(self.viewer, state, _describe(state))
-        if state.heatmap is not None:
-            state.heatmap.remove()
-        state.result, state.task, state.out_dir = result, det.task, folder
-        state.key = run_files.store_key(result.store)
-        self._set_values(result.values())
-        self._set_values({k: result.parameters[k] for k in self.options()
-                          if k in result.parameters})
-        state.heatmap = LiveHeatmap(self.viewer, result.geometry, layer, initial=result.heatmap,
-                                    name=rl.unique_name(self.viewer, det.heatmap_name, layer))
-        state.heatmap.flush()
-        saved = folder / det.results_file
-        feats = read_geojson(saved) if saved.is_file() else []
-        if feats:  # the result as saved (possibly edited), not re-computed
-            data = features_to_layers(feats, layer.metadata.get("mpp"), name=rl.unique_name(
-                self.viewer, det.layer_name, layer), metadata={"kind": KIND_REGIONS},
-                color_by_score=True)
-            state.updating = True
-            state.regions_layer = self.viewer.add_layer(_layer(data[0]))
-            rl.watch_edits(state, self._on_edited)
-            state.updating = False
-            state.edited = True  # saved layers may hold edits: sliders never overwrite them
-            self._set_score(state)
-        else:
-            self.update_regions(state)
-        self.status_label.setText(
-            f"Opened the run in {folder}" + ("" if result.complete else
-                                             "; its map is partial: Detect resumes it"))
-
-
 def _describe(state: rl.SlideResult) -> str:
     p = state.result.parameters if state.result is not None else {}
     opts = ", ".join(f"{k} {p[k]}" for k in ("alpha",) if k in p)
@@ -721,30 +422,6 @@ def _layer(data: tuple) -> Any:
     from napari.layers import Layer
 
     return Layer.create(*data)
-
-
-def _postprocess(result: Any, values: dict[str, Any], mpp: float | None, name: str) -> tuple:
-    """Worker-thread half of `update_regions`: detections and the layer data."""
-    from napari_wsi_detect._napari.shapes_io import regions_to_layer_data
-
-    result.postprocess(**values)
-    return regions_to_layer_data(result.regions, mpp, name=name,
-                                 metadata={"parameters": values,
-                                           "slide_score": result.slide_score})
-
-
-def _refill(old: Any, new: Any) -> bool:
-    """Replace the shapes, features and colours of Shapes layer `old` by those of `new`;
-    False (and `old` untouched) when they are not compatible."""
-    if set(old.features.columns) != set(new.features.columns) or new.nshapes == 0:
-        return False
-    old.selected_data = set()
-    old.data = []
-    old.add(new.data, shape_type=new.shape_type, edge_width=new.edge_width,
-            edge_color=new.edge_color, face_color=new.face_color)
-    old.features = new.features
-    old.metadata = dict(new.metadata)
-    return True
 
 
 # The npe2 manifest's command id and older scripts use this name.
