@@ -2,7 +2,8 @@
 
 Checking first means a read-only folder, a file given as the folder, or a
 `summary.json` that is a directory is found in a second, not after an hour of inference.
-The lock (an `flock` on DIR/.wsi-detect.lock, released by the kernel if the process dies)
+The lock (an `flock` on DIR/.wsi-detect.lock, released by the kernel if the process dies,
+the file removed when the run ends)
 stops two runs from writing one folder at once, which would interleave their stores.
 """
 
@@ -56,23 +57,37 @@ class RunFolderLock:
         import fcntl
 
         self.path = Path(out) / LOCK_NAME
-        self._fd: int | None = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._fd)
-            self._fd = None
-            raise OutputFolderError(
-                f"another run is writing into {Path(out)} right now; wait for it to finish "
-                "or choose another output folder") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = None
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise OutputFolderError(
+                    f"another run is writing into {Path(out)} right now; wait for it to "
+                    "finish or choose another output folder") from None
+            # The holder before us may have removed the file between our open and lock:
+            # then we locked a file nobody else will see; take the one at the path.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return
+            os.close(fd)
+        raise OutputFolderError(f"cannot lock {Path(out)} (the lock file keeps changing)")
 
     def release(self) -> None:
+        """Remove the lock file (a finished run leaves only its outputs), then unlock."""
         if self._fd is None:
             return
         import fcntl
 
+        self.path.unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
