@@ -143,8 +143,9 @@ def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
                 options: dict[str, Any], device: Any, model_arg: Any = None,
                 region: tuple[int, int, int, int] | None = None,
                 roi_cells: int | None = None, batch_size: int | None = None,
-                tissue: Any = None) -> PreparedRun:
-    """Geometry, ROI plan (tissue-filtered when `tissue` is given), forward, fingerprint."""
+                tissue: Any = None, forward: Any = None) -> PreparedRun:
+    """Geometry, ROI plan (tissue-filtered when `tissue` is given), forward, fingerprint.
+    `forward` replaces the detector's (a network being trained, already dense)."""
     from ..engine.plan import plan_rois
     from ..engine.run import Normalisation
 
@@ -159,7 +160,8 @@ def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
         raise WsiDetectError(f"batch size must be at least 1, got {bs}")
     norm = Normalisation.from_config(config)
     return PreparedRun(
-        detector=detector, net=net, forward=detector.forward(net, config, options),
+        detector=detector, net=net,
+        forward=forward if forward is not None else detector.forward(net, config, options),
         config=config, options=dict(options), geometry=geometry, rois=rois,
         roi_cells=cells, device=device, batch_size=bs, normalisation=norm,
         fingerprint=detector.fingerprint(config, options, norm.to_dict()),

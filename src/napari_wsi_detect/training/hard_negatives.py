@@ -61,12 +61,14 @@ def slide_false_positives(slide: object, predictor: DensePredictor, candidates: 
                           model_mpp: float, threshold: float = 0.5, alpha: int = 2,
                           margin: float = 200.0, normalisation: object = None,
                           device: str | torch.device = "cpu", roi_cells: int | None = None,
-                          tissue: object = None) -> tuple[np.ndarray, np.ndarray]:
+                          tissue: object = None, config: dict | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 centres (n, 2) and probabilities (n,) of the map cells of one slide where
     `predictor` says tumour (p > threshold) on normal tissue (outside tumour + `margin`
-    level-0 px)."""
-    from ..engine.plan import MapGeometry, default_roi_cells, plan_rois
-    from ..engine.run import Normalisation, run_heatmap
+    level-0 px). The plan and the runner are the detection job's (`prepare_run`,
+    `run_tiles`), with the geometry (patch, stride, mpp) from `config`, the model's."""
+    from ..detectors import get_detector
+    from ..detectors.job import prepare_run, run_tiles
     from ..slide.tissue import compute_tissue_mask
 
     h0, w0 = slide.levels[0].shape
@@ -82,14 +84,17 @@ def slide_false_positives(slide: object, predictor: DensePredictor, candidates: 
         cells[candidates.tumour] = True
         tissue = TissueMask(cells.reshape(candidates.grid_shape), candidates.cell,
                             slide.mpp, (h0, w0))
-    geometry = MapGeometry.for_slide((h0, w0), slide.mpp, model_mpp, alpha=alpha)
-    cells = roi_cells or default_roi_cells(str(device), alpha)
-    rois = plan_rois((h0, w0), geometry, cells, tissue_mask=tissue)
-    norm = normalisation if normalisation is not None else Normalisation()
+    config = {"architecture": "scannet-fcn", "patch": 244, "stride": 32,
+              **(config or {}), "mpp": model_mpp}
+    if normalisation is not None:
+        config["normalisation"] = normalisation.to_dict()
+    prep = prepare_run(get_detector("metastases"), slide, None, config,
+                       options={"alpha": alpha}, device=device, roi_cells=roi_cells,
+                       tissue=tissue, forward=predictor)
+    geometry = prep.geometry
     xs, ys, ps = [], [], []
     with torch.no_grad():
-        for tile in run_heatmap(slide, predictor, geometry, rois, device=device,
-                                normalisation=norm, n_readers=1):
+        for tile in run_tiles(prep, slide, n_readers=1):
             rr, cc = np.nonzero(tile.probs > threshold)
             if rr.size == 0:
                 continue
@@ -111,7 +116,8 @@ def mine_hard_negatives(predictor: DensePredictor, sampler: PatchSampler, model_
                         threshold: float = 0.5, alpha: int = 2, margin_um: float = 50.0,
                         max_per_slide: int = 2000, normalisation: object = None,
                         device: str | torch.device = "cpu", roi_cells: int | None = None,
-                        progress: Callable[[str], None] | None = None
+                        progress: Callable[[str], None] | None = None,
+                        config: dict | None = None
                         ) -> tuple[dict[int, np.ndarray], MiningReport]:
     """Run `predictor` densely over every training slide; return hard-negative centres
     per slide index (the `max_per_slide` most confident ones) and a report with the
@@ -126,7 +132,7 @@ def mine_hard_negatives(predictor: DensePredictor, sampler: PatchSampler, model_
             pts, probs = slide_false_positives(
                 slide, predictor, cand, model_mpp, threshold=threshold, alpha=alpha,
                 margin=margin_um / mpp, normalisation=normalisation, device=device,
-                roi_cells=roi_cells,
+                roi_cells=roi_cells, config=config,
             )
         if len(pts) > max_per_slide:
             order = np.argsort(-probs, kind="stable")[:max_per_slide]
