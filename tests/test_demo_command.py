@@ -69,7 +69,7 @@ def test_render_overview_keeps_the_slide_visible_under_low_probabilities(
                                truth, tmp_path / "one.png")
         png = render_overview(slide, res.heatmap, res.geometry, res.regions, truth,
                               tmp_path / "real.png")
-    assert not list(tmp_path.glob("*.tmp.png"))  # written atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "real.png", "zero.png"]  # no temporaries left
     from PIL import Image
 
     assert Image.open(png).size == (1400, 620)

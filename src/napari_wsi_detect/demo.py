@@ -7,13 +7,14 @@ PNG (thumbnail, heatmap, detected contours, truth outlines) and this slide's FRO
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._atomic import atomic_path, write_json_atomic
 
 # Test-set seeds are disjoint from the training seeds used by scripts/train_demo_model.py.
 DEMO_SEED = 9001
@@ -124,9 +125,8 @@ def render_overview(slide, heatmap: np.ndarray, geometry, regions: list, truth, 
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -157,8 +157,8 @@ def run_demo(out_dir: str | Path = "demo-output", seed: int = DEMO_SEED,
                               result.regions, truth, out / "overview.png", title)
     outcome = DemoOutcome(out, slide_path, png, float(result.slide_score), len(result.regions),
                           froc, time.perf_counter() - t0)
-    (out / "demo.json").write_text(json.dumps({
+    write_json_atomic(out / "demo.json", {
         "slide": str(slide_path), "overview": str(png), "slide_score": outcome.slide_score,
         "n_regions": outcome.n_regions, "froc": froc, "seconds": round(outcome.seconds, 2),
-    }, indent=2))
+    })
     return outcome

@@ -22,13 +22,13 @@ import gzip
 import json
 import math
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._atomic import write_bytes_atomic
 from ..errors import AnnotationError
 
 OBJECT_TYPES = ("annotation", "detection")
@@ -166,7 +166,7 @@ def feature_collection(features: Iterable[Feature | dict[str, Any]],
 
 def write_geojson(path: str | os.PathLike, features: Iterable[Feature | dict[str, Any]],
                   gz: bool | None = None, members: Mapping[str, Any] | None = None) -> Path:
-    """Write a FeatureCollection atomically (temporary file + os.replace). `gz` None:
+    """Write a FeatureCollection atomically (`_atomic.write_bytes_atomic`). `gz` None:
     gzip when the name ends in .gz. `members`: extra top-level members (see
     `feature_collection`). Returns the path."""
     path = Path(path)
@@ -180,18 +180,7 @@ def write_geojson(path: str | os.PathLike, features: Iterable[Feature | dict[str
     data = text.encode("utf-8")
     if gz:
         data = gzip.compress(data, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_bytes_atomic(path, data)
 
 
 # --- reading -------------------------------------------------------------------------------

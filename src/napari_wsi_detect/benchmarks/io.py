@@ -54,7 +54,7 @@ def bench_phantom(size: tuple[int, int], cache_dir: Path, seed: int = 0) -> Path
     """A large pyramidal JPEG TIFF, generated once and cached: the project's phantom
     (phantom.write_phantom) when it is available and works, else a streamed
     texture pyramid written here."""
-    import shutil
+    from .._atomic import atomic_path
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     w, h = size
@@ -66,23 +66,17 @@ def bench_phantom(size: tuple[int, int], cache_dir: Path, seed: int = 0) -> Path
     except ImportError:
         write_phantom = None
     if write_phantom is not None:
-        # Write into a private folder, then move: a crash never leaves a half phantom
-        # (and its .geojson / mask sidecars) under the final name.
-        tmpdir = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache_dir))
+        # write_phantom lands atomically, its slide last: a crash never leaves a half
+        # phantom (or a slide without its .geojson / mask sidecars) under the final name.
         try:
-            write_phantom(tmpdir / path.name, seed=seed, size=(w, h), mpp=0.243)
-            for f in tmpdir.iterdir():
-                f.replace(cache_dir / f.name)
+            write_phantom(path, seed=seed, size=(w, h), mpp=0.243)
             return path
         except Exception as exc:  # another module's bug must not stop the benchmark
             print(f"write_phantom failed ({type(exc).__name__}: {exc}); using a texture pyramid")
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     path = cache_dir / f"pyramid-{w}x{h}-seed{seed}.tif"
     if not path.exists():
-        tmp = cache_dir / f"partial-{path.name}"
-        write_streamed_pyramid(tmp, (w, h), seed=seed)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write_streamed_pyramid(tmp, (w, h), seed=seed)
     return path
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 from pathlib import Path
+
+from .._atomic import write_json_atomic
 
 PLUGGABLE_MODES = ("f1", "dice")
 
@@ -128,9 +129,6 @@ def run_froc(args: argparse.Namespace) -> int:
             "level0_mpp": args.mpp,
             "warnings": matched.warnings,
         }
-        path = Path(args.json)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, path)
+        path = write_json_atomic(args.json, out, indent=1)
         print(f"json: {path}")
     return 0

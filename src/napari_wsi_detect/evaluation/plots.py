@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._atomic import atomic_path
 from .auc import RocResult
 from .froc import FrocResult
 
@@ -67,7 +68,6 @@ def plot_froc(
         ax2.grid(True, alpha=0.3)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out)  # never leave a half-written figure
+    with atomic_path(out) as tmp:  # never leave a half-written figure
+        fig.savefig(tmp, format="png")
     return out

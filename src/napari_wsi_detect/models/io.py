@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._atomic import atomic_paths
 from ..errors import ModelFileError
 from .device import resolve_device
 from .scannet import PATCH, STRIDE, ScanNetFCN
@@ -90,12 +90,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_target(final: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_model(model: nn.Module, path: str | os.PathLike, config: dict | None = None
                ) -> tuple[Path, Path]:
     """Write `NAME.safetensors` + `NAME.json`; returns both paths.
@@ -143,18 +137,12 @@ def save_model(model: nn.Module, path: str | os.PathLike, config: dict | None = 
     full["package_version"] = __version__
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp_w = _atomic_target(weights_path)
-    tmp_j = _atomic_target(json_path)
-    try:
+    # the JSON (with the weights' sha256) is renamed last: it vouches for the weights
+    with atomic_paths(weights_path, json_path) as (tmp_w, tmp_j):
         save_file(tensors, str(tmp_w), metadata={"architecture": str(full["architecture"])})
         full["weights"] = weights_path.name
         full["weights_sha256"] = _sha256(tmp_w)
         tmp_j.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp_w, weights_path)
-        os.replace(tmp_j, json_path)
-    finally:
-        for tmp in (tmp_w, tmp_j):
-            tmp.unlink(missing_ok=True)
     return weights_path, json_path
 
 

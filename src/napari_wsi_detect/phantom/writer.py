@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .._atomic import atomic_paths
 from ..annotations.geojson import (
     IMPOSTER_CLASS,
     MITOSIS_CLASS,
@@ -161,26 +162,19 @@ def write_phantom(
     )
     renderer = PhantomRenderer(layout)
     geojson_path, mask_path = truth_paths(path)
-    token = uuid.uuid4().hex[:8]
-    tmp = {p: p.with_name(f".{p.name}.{token}.part") for p in (path, geojson_path, mask_path)}
-    try:
-        description = (
-            f"napari-wsi-detect phantom lymph node|seed={layout.seed}|mpp={layout.mpp}"
-            f"|width={layout.width}|height={layout.height}|tumour={bool(tumour)}"
-        )
+    description = (
+        f"napari-wsi-detect phantom lymph node|seed={layout.seed}|mpp={layout.mpp}"
+        f"|width={layout.width}|height={layout.height}|tumour={bool(tumour)}"
+    )
+    # renamed in this order, the slide last: when it exists, its truth is complete
+    with atomic_paths(mask_path, geojson_path, path) as (tmp_mask, tmp_geojson, tmp_slide):
         write_pyramid_tiff(
-            tmp[path], layout.width, layout.height, renderer.render, mpp=layout.mpp,
+            tmp_slide, layout.width, layout.height, renderer.render, mpp=layout.mpp,
             tile=tile, quality=quality, description=description, progress=progress,
         )
         truth = _truth_from_layout(layout, path, geojson_path, mask_path, notes)
-        _write_mask(tmp[mask_path], layout)
-        _write_geojson(tmp[geojson_path], truth, tumour)
-        # the slide lands last: when it exists, its truth is complete
-        for final in (mask_path, geojson_path, path):
-            os.replace(tmp[final], final)
-    finally:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
+        _write_mask(tmp_mask, layout)
+        _write_geojson(tmp_geojson, truth, tumour)
     return truth
 
 

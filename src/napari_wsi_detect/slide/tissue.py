@@ -386,17 +386,18 @@ class TissueMask:
             "mpp": self.mpp,
             "slide_shape": list(self.slide_shape),
         }
-        tmp = path.with_name(path.name + ".part")
-        if path.suffix.lower() == ".png":
-            from PIL import Image, PngImagePlugin
+        from .._atomic import atomic_path
 
-            info = PngImagePlugin.PngInfo()
-            info.add_text("napari-wsi-detect-tissue", json.dumps(meta))
-            Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info)
-        else:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, mask=self.mask, meta=np.array(json.dumps(meta)))
-        tmp.replace(path)  # atomic: a crash never leaves a half-written mask
+        with atomic_path(path) as tmp:  # a crash never leaves a half-written mask
+            if path.suffix.lower() == ".png":
+                from PIL import Image, PngImagePlugin
+
+                info = PngImagePlugin.PngInfo()
+                info.add_text("napari-wsi-detect-tissue", json.dumps(meta))
+                Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info)
+            else:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, mask=self.mask, meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod
