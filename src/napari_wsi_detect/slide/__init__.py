@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import SlideOpenError
-from .base import Level, Slide
+from .base import Slide
+from .levels import Level
 from .sniff import SLIDE_EXTENSIONS, SUPPORTED, check_file, fail, not_a_slide, sniff
 
 __all__ = ["open_slide", "Slide", "Level", "SlideOpenError", "SUPPORTED"]

@@ -12,7 +12,6 @@ argument checking, compositing helpers and the dask pyramid.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,34 +21,12 @@ import numpy as np
 
 from ..errors import SlideReadError
 from ._cache import TileCache
+from .levels import SYNTHETIC_TILE, Level, round_half_up, synthetic_levels
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
 
-# Add synthetic levels until the smallest level's longest side is below this, so a
-# viewer showing the whole slide never needs more than ~1 Mpx.
-SYNTHETIC_TARGET = 1024
-# Synthetic levels are computed and cached in aligned tiles of this size (level pixels).
-SYNTHETIC_TILE = 512
 _SYNTHETIC_CACHE_BYTES = 96 * 2**20
-
-
-@dataclass(frozen=True)
-class Level:
-    """One resolution level: `shape` is (height, width) in pixels of that level."""
-
-    shape: tuple[int, int]
-    downsample: float
-    synthetic: bool = False  # True when we computed it (the file lacks it)
-    tile: tuple[int, int] | None = field(default=None, compare=False)  # native (h, w)
-
-    @property
-    def height(self) -> int:
-        return self.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.shape[1]
 
 
 @dataclass
@@ -60,11 +37,6 @@ class SlideInfo:
     objective_power: float | None
     associated: list[str] = field(default_factory=list)
     properties: dict[str, Any] = field(default_factory=dict)
-
-
-def round_half_up(v: float) -> int:
-    """Python's round() is banker's rounding; coordinates want the usual rule."""
-    return int(math.floor(v + 0.5))
 
 
 def composite_on_white(arr: np.ndarray) -> np.ndarray:
@@ -100,17 +72,6 @@ def _copy_rgb(rgba: np.ndarray) -> np.ndarray:
     out = np.empty(rgba.shape[:2] + (3,), np.uint8)
     for c in range(3):
         out[:, :, c] = rgba[:, :, c]
-    return out
-
-
-def synthetic_levels(native: list[Level], target: int = SYNTHETIC_TARGET) -> list[Level]:
-    """The 2x levels to add below the smallest native level (possibly none)."""
-    out: list[Level] = []
-    last = native[-1]
-    while max(last.shape) >= target:
-        h, w = last.shape
-        last = Level(((h + 1) // 2, (w + 1) // 2), last.downsample * 2.0, synthetic=True)
-        out.append(last)
     return out
 
 

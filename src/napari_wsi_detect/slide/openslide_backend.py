@@ -15,7 +15,8 @@ import openslide
 import openslide.lowlevel
 
 from ..errors import SlideOpenError, SlideReadError
-from .base import Level, Slide, composite_on_white
+from .base import Slide, composite_on_white
+from .levels import Level
 from .sniff import fail
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 
-from .base import SYNTHETIC_TILE, Level, round_half_up
+from .levels import SYNTHETIC_TILE, Level, round_half_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Slide

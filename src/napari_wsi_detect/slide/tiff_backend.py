@@ -21,7 +21,8 @@ import tifffile
 
 from ..errors import SlideOpenError, SlideReadError
 from ._cache import TileCache
-from .base import Level, Slide, composite_on_white
+from .base import Slide, composite_on_white
+from .levels import Level
 from .sniff import fail, file_size, tiff_truncation
 
 _TILE_CACHE_BYTES = 64 * 2**20
