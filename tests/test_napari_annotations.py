@@ -220,7 +220,7 @@ def test_manifest_declares_widget_reader_and_writers() -> None:
     from npe2 import PluginManifest
 
     mf = PluginManifest.from_distribution("napari-wsi-detect")
-    assert [w.display_name for w in mf.contributions.widgets] == ["Detect metastases"]
+    assert [w.display_name for w in mf.contributions.widgets] == ["WSI Detect"]
     readers = {r.command: r.filename_patterns for r in mf.contributions.readers}
     assert "*.geojson" in readers["napari-wsi-detect.get_annotation_reader"]
     writers = {w.command: w.filename_extensions for w in mf.contributions.writers}
