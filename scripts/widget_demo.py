@@ -1,7 +1,9 @@
 """Look at the widget as a user, and measure how responsive the viewer stays.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m \
-        napari_wsi_detect._napari.widget_demo [OUT_DIR] [--screenshot PNG]
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/widget_demo.py \
+        [OUT_DIR] [--screenshot PNG]
+
+A developer tool (not part of the plugin), run from the repository root.
 
 Writes a phantom slide and a random-weight narrow ScanNet into OUT_DIR (default
 /tmp/wsi-widget-demo; the bundled demo model is used instead when it exists), opens the
