@@ -28,6 +28,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/images"))
     ap.add_argument("--seed", type=int, default=9001)
     ap.add_argument("--size", type=int, nargs=2, default=(8192, 6144))
+    ap.add_argument("--no-drop", action="store_true",
+                    help="open with viewer.open(plugin=...) instead of a drop event (a drop "
+                         "blocks on napari's reader dialog when several readers claim .tif)")
     args = ap.parse_args()
 
     import napari
@@ -52,7 +55,10 @@ def main() -> int:
     mime.setUrls([QUrl.fromLocalFile(str(args.slide.resolve()))])
     drop = QDropEvent(QPointF(400, 300), Qt.DropAction.CopyAction, mime,
                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    canvas.dropEvent(drop)  # what a drag-and-drop from the file manager delivers
+    if args.no_drop:
+        viewer.open(str(args.slide), plugin="napari-wsi-detect")
+    else:
+        canvas.dropEvent(drop)  # what a drag-and-drop from the file manager delivers
     _pump(app, 2.0)
     viewer.screenshot(str(args.out / "napari-drop.png"), canvas_only=False)
     print("layers after the drop:", [ly.name for ly in viewer.layers])

@@ -196,7 +196,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         self.status_label = QLabel("Open a slide, then press Detect.")
         self.status_label.setWordWrap(True)
 
-        post = QGroupBox("Results (from the heatmap; the network does not re-run)")
+        post = QGroupBox("Results (from the stored heatmap, no network)")
         post_layout = QVBoxLayout(post)
         self.params_form = QFormLayout()
         post_layout.addLayout(self.params_form)

@@ -28,7 +28,7 @@ class FloatSlider(QWidget):
         self.spin.setKeyboardTracking(False)  # typing "0.35" is one change, not three
         # Wide enough for the value and its unit ("16.0 µm" was clipped to "16.0 µn").
         self.spin.setMinimumWidth(self.spin.fontMetrics().horizontalAdvance(
-            f"{maximum:.{decimals}f}{suffix}") + 40)
+            f"{maximum:.{decimals}f}{suffix}") + 80)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.slider, 1)
