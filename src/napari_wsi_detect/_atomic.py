@@ -133,3 +133,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     """`obj` as JSON (see `json_safe`), `indent` spaces, newline-terminated, atomically."""
     text = json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n"
     return write_text_atomic(path, text)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ from qtpy.QtWidgets import (
 from napari_wsi_detect._napari import result_layers as rl
 from napari_wsi_detect._napari.region_choice import REGION_CHOICES, region_level0, slide_shape0
 from napari_wsi_detect._napari.widget_controls import control_for
-from napari_wsi_detect._napari.widget_files import RunFilesMixin
+from napari_wsi_detect._napari.widget_files import RunFilesMixin, notify_errors
 from napari_wsi_detect._napari.widget_run import RunEventsMixin
 from napari_wsi_detect.errors import WsiDetectError
 
@@ -61,20 +59,6 @@ def ask_save_file(parent: QWidget, title: str, suggested: str, filters: str) -> 
 
 def ask_folder(parent: QWidget, title: str) -> str:
     return QFileDialog.getExistingDirectory(parent, title)
-
-
-def _notify_errors(method: Callable) -> Callable:
-    """Run a button handler; show any exception as a napari notification instead."""
-
-    @functools.wraps(method)
-    def wrapper(self: DetectWidget, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:
-            self._show_error(exc)
-            return None
-
-    return wrapper
 
 
 def device_choices() -> list[tuple[str, str]]:
@@ -347,7 +331,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
     def running(self) -> bool:
         return self._worker is not None
 
-    @_notify_errors
+    @notify_errors
     def detect(self) -> None:
         from napari.qt.threading import create_worker
 

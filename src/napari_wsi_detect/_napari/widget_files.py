@@ -17,7 +17,7 @@ def _hooks() -> Any:
     return widget
 
 
-def _hooks_notify(method: Any) -> Any:
+def notify_errors(method: Any) -> Any:
     import functools
 
     @functools.wraps(method)
@@ -35,7 +35,7 @@ class RunFilesMixin:
     """Export / save / open; needs the DetectWidget attributes."""
 
     # -- files ----------------------------------------------------------------------------------
-    @_hooks_notify
+    @notify_errors
     def export_geojson(self) -> Path | None:
         """Write the selected Shapes/Points layer (else the result layer) as QuPath
         GeoJSON in level-0 pixels, to a file chosen in a dialog."""
@@ -58,7 +58,7 @@ class RunFilesMixin:
         self.status_label.setText(f"Exported {layer.name} to {out}")
         return out
 
-    @_hooks_notify
+    @notify_errors
     def save_run(self) -> Path | None:
         """Write heatmap.zarr, the result layer as edited, and summary.json."""
         from napari_wsi_detect._napari.shapes_io import layer_to_features
@@ -77,7 +77,7 @@ class RunFilesMixin:
         self.status_label.setText(f"Saved the run to {out}")
         return out
 
-    @_hooks_notify
+    @notify_errors
     def open_run(self) -> None:
         """Show a saved run folder on the chosen slide; Detect then resumes into it."""
         from napari_wsi_detect._napari import run_files

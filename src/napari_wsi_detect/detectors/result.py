@@ -8,7 +8,6 @@ matching pair from one left half-replaced by a crash (`read_summary(..., check=T
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import sha256_file as _sha256
 from ..errors import WsiDetectError
 from .base import Detections
 
@@ -29,14 +29,6 @@ SUMMARY_KEYS = (
     "parameters", "geometry", "timings", "complete", "rois", "outputs", "package_version",
     "created",
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

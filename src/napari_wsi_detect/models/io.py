@@ -13,7 +13,6 @@ and `load_model` then know them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_paths
+from .._atomic import sha256_file as _sha256
 from ..errors import ModelFileError
 from .device import resolve_device
 from .scannet import PATCH, STRIDE, ScanNetFCN
@@ -80,14 +80,6 @@ def _stem(path: str | os.PathLike) -> Path:
     if path.suffix in (".json", ".safetensors"):
         return path.with_suffix("")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, config: dict | None = None
