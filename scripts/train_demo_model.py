@@ -71,13 +71,9 @@ def main() -> int:
     from napari_wsi_detect.models.anchor import densify
     from napari_wsi_detect.models.io import load_model, save_model
     from napari_wsi_detect.training.hard_negatives import mine_hard_negatives
+    from napari_wsi_detect.training.metastases import TrainConfig, train_metastases
     from napari_wsi_detect.training.sampler import PatchSampler
-    from napari_wsi_detect.training.trainer import (
-        TrainConfig,
-        load_candidates,
-        pair_annotations,
-        train_metastases,
-    )
+    from napari_wsi_detect.training.slides import load_candidates, pair_annotations
 
     t0 = time.perf_counter()
     work = Path(args.work)
@@ -103,7 +99,7 @@ def main() -> int:
     # Stage 1 runs as its own call (stopping exactly at the end of stage 1, as an
     # interrupted run would) so that its model can be kept; the second call resumes from
     # that checkpoint, which the trainer reproduces exactly, and mines + runs stage 2.
-    from napari_wsi_detect.training.trainer import latest_checkpoint
+    from napari_wsi_detect.training.checkpoints import latest_checkpoint
 
     stage1_out = Path(args.stage1_out) if args.stage1_out else work / "stage1"
     ck = latest_checkpoint(work / "run")

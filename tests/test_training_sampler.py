@@ -13,8 +13,8 @@ from napari_wsi_detect.engine.plan import snap_downsample
 from napari_wsi_detect.errors import AnnotationError
 from napari_wsi_detect.training.patches import read_patch
 from napari_wsi_detect.training.sampler import PatchSampler, candidates_from_masks
+from napari_wsi_detect.training.slides import pair_annotations
 from napari_wsi_detect.training.testing import MemorySlide, ellipse_polygon, synthetic_image
-from napari_wsi_detect.training.trainer import pair_annotations
 from napari_wsi_detect.training.truth import MaskTruth, load_truth
 
 TUMOUR = (600.0, 500.0, 260.0, 200.0)

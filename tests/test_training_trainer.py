@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_wsi_detect.training.hard_negatives import slide_false_positives
+from napari_wsi_detect.training.metastases import TrainConfig, train_metastases
 from napari_wsi_detect.training.sampler import candidates_from_masks
 from napari_wsi_detect.training.testing import MemorySlide, write_training_slide
-from napari_wsi_detect.training.trainer import TrainConfig, train_metastases
 from napari_wsi_detect.training.truth import PolygonTruth, TumourTruth
 
 
@@ -141,7 +141,7 @@ def test_fine_tuning_starts_from_given_weights_with_its_own_stage2_lr(slides, tm
 
 
 def test_label_smoothing_bounds_the_loss_of_a_confident_correct_logit():
-    from napari_wsi_detect.training.trainer import _loss
+    from napari_wsi_detect.training.metastases import _loss
 
     out = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
     y = torch.tensor([0, 1])

@@ -40,9 +40,9 @@ def _loop(source: object, n_producers: int, args: argparse.Namespace) -> dict:
     import torch
 
     from ..models.scannet import ScanNetFCN
+    from ..training.loop import to_input
     from ..training.losses import cross_entropy
     from ..training.prefetch import Prefetcher
-    from ..training.trainer import to_input
 
     torch.manual_seed(0)
     model = ScanNetFCN(args.width)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..phantom import write_phantom
     from ..training.patches import PatchBatchSource
     from ..training.sampler import PatchSampler
-    from ..training.trainer import load_candidates, pair_annotations
+    from ..training.slides import load_candidates, pair_annotations
 
     if args.torch_threads:
         import torch
