@@ -66,7 +66,8 @@ class TrainingTask(Protocol):
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
 
     def batch_source(self, stage: int) -> Any:
-        """A picklable source for the Prefetcher: batch(step) -> (images, labels)."""
+        """A picklable `prefetch.BatchSource`: make_batch(step) -> (images, labels), a
+        pure function of (seed, step)."""
 
     def to_device(self, images: np.ndarray, labels: np.ndarray
                   ) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,51 +41,48 @@ def parse_class_probs(text: str) -> dict[str, float]:
             f"class probabilities look like normal=0.5,tumour=0.5 (got {text!r})") from exc
 
 
-def _opt(text: str, **cli: object) -> dict:
+def _flag(default: object, text: str, **cli: object) -> Any:
     # A field with "help" in its metadata is a `wsi-detect train metastases` flag; the
     # other keys go to argparse (commands/train.py). Fields without one stay Python-only.
-    return {"help": text, **cli}
+    if callable(default):
+        return field(default_factory=default, metadata={"help": text, **cli})
+    return field(default=default, metadata={"help": text, **cli})
 
 
 @dataclass
 class TrainConfig:
     """Everything that decides a training run (recorded in the model's JSON)."""
 
-    width: float = field(default=0.125, metadata=_opt("channel width multiplier"))
-    steps: int = field(default=1000, metadata=_opt("stage-1 training steps", min=1))
-    hard_negatives: bool = field(default=False, metadata=_opt(
-        "stage 2: mine the stage-1 model's false positives and train on"))
+    width: float = _flag(0.125, "channel width multiplier")
+    steps: int = _flag(1000, "stage-1 training steps", min=1)
+    hard_negatives: bool = _flag(
+        False, "stage 2: mine the stage-1 model's false positives and train on")
     # 0 with hard_negatives → steps // 2
-    hard_negative_steps: int = field(default=0, metadata=_opt(
-        "stage-2 steps (default: half of --steps)"))
-    batch_size: int = field(default=16, metadata=_opt("patches per step", min=1))
-    lr: float = field(default=0.01, metadata=_opt("learning rate"))
-    optimizer: str = field(default="sgd", metadata=_opt("optimiser",
-                                                        choices=("sgd", "adam")))
+    hard_negative_steps: int = _flag(0, "stage-2 steps (default: half of --steps)")
+    batch_size: int = _flag(16, "patches per step", min=1)
+    lr: float = _flag(0.01, "learning rate")
+    optimizer: str = _flag("sgd", "optimiser", choices=("sgd", "adam"))
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    class_probs: dict = field(
-        default_factory=lambda: {"normal": 0.5, "tumour": 0.5},
-        metadata=_opt("patch class probabilities, e.g. normal=0.5,tumour=0.5",
-                      type=parse_class_probs))
+    class_probs: dict = _flag(lambda: {"normal": 0.5, "tumour": 0.5},
+                              "patch class probabilities, e.g. normal=0.5,tumour=0.5",
+                              type=parse_class_probs)
     stage2_class_probs: dict = field(
         default_factory=lambda: {"normal": 0.25, "hard": 0.25, "tumour": 0.5})
-    class_weights: list | None = field(default=None, metadata=_opt(
-        "cross-entropy class weights", type=float, nargs=2, metavar=("NORMAL", "TUMOUR")))
-    workers: int = field(default=1, metadata=_opt(
-        "prefetching producer processes (0 = read in the training loop)"))
-    queue_size: int = field(default=4, metadata=_opt("batches prefetched at most"))
-    seed: int = field(default=0, metadata=_opt("seed of weights, batches and augmentation"))
-    model_mpp: float = field(default=0.243, metadata=_opt(
-        "µm/px the model works at (slides at other mpp are resampled)"))
-    val_every: int = field(default=100, metadata=_opt("validate every N steps"))
-    val_patches: int = field(default=128, metadata=_opt("validation patches"))
-    checkpoint_every: int = field(default=100, metadata=_opt("checkpoint every N steps"))
+    class_weights: list | None = _flag(None, "cross-entropy class weights", type=float,
+                                       nargs=2, metavar=("NORMAL", "TUMOUR"))
+    workers: int = _flag(1, "prefetching producer processes (0 = read in the training loop)")
+    queue_size: int = _flag(4, "batches prefetched at most")
+    seed: int = _flag(0, "seed of weights, batches and augmentation")
+    model_mpp: float = _flag(0.243, "µm/px the model works at (slides at other mpp are "
+                                    "resampled)")
+    val_every: int = _flag(100, "validate every N steps")
+    val_patches: int = _flag(128, "validation patches")
+    checkpoint_every: int = _flag(100, "checkpoint every N steps")
     keep_checkpoints: int = 2
-    hnm_threshold: float = field(default=0.5, metadata=_opt(
-        "tumour probability above which a cell on normal tissue is a hard negative"))
-    hnm_alpha: int = field(default=2, metadata=_opt(
-        "density of the mining run (map stride 32/alpha)"))
+    hnm_threshold: float = _flag(0.5, "tumour probability above which a cell on normal "
+                                      "tissue is a hard negative")
+    hnm_alpha: int = _flag(2, "density of the mining run (map stride 32/alpha)")
     hnm_margin_um: float = 50.0
     hnm_max_per_slide: int = 2000
     # Stage 2 fine-tunes on the mined points; a lower lr there (None: keep `lr`) stops the
@@ -96,7 +93,7 @@ class TrainConfig:
     # width) instead of a random initialisation; with steps=0 the run mines at once and
     # only fine-tunes (a further round of hard negative mining on new slides).
     init_model: str | None = None
-    device: str = field(default="auto", metadata=_opt("auto, cpu, cuda, cuda:1, mps"))
+    device: str = _flag("auto", "auto, cpu, cuda, cuda:1, mps")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Model input = (rgb/255 − mean)/std; written to the model JSON for the engine.
     norm_mean: tuple = (0.5, 0.5, 0.5)
@@ -202,8 +199,6 @@ class MetastasisTraining:
         self.mining: dict | None = None
         self.hn_path = Path(out) / "hard_negatives.json"
 
-    # --- TrainingTask ---------------------------------------------------------------
-
     def build_model(self) -> torch.nn.Module:
         from ..models.scannet import ScanNetFCN
 
@@ -279,8 +274,6 @@ class MetastasisTraining:
     def restore(self, stage: int) -> None:
         if stage == 2:
             self.hard, self.mining = _load_hard_negatives(self.hn_path)
-
-    # --- hard negative mining ---------------------------------------------------------
 
     def _mine(self, model: torch.nn.Module) -> tuple[dict[int, np.ndarray], dict]:
         from ..engine.run import Normalisation

@@ -57,7 +57,8 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path,
     rows = list(csv.DictReader(metrics_csv.open()))
     step = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
-    val = [(int(r["step"]), float(r["val_loss"]), float(r["val_accuracy"]))
+    # Tasks validate differently: plot val_loss / val_accuracy where a task writes them.
+    val = [(int(r["step"]), float(r["val_loss"]), float(r.get("val_accuracy") or "nan"))
            for r in rows if r.get("val_loss")]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(step, loss, color="0.75", lw=0.8, label="train loss (batch)")
@@ -68,6 +69,7 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path,
     if val:
         vs, vl, va = map(np.array, zip(*val, strict=True))
         ax.plot(vs, vl, "o-", color="C1", label="validation loss")
+    if val and np.isfinite(va).any():
         ax2 = ax.twinx()
         ax2.plot(vs, va, "s--", color="C2", label="validation accuracy")
         ax2.set_ylim(0, 1.02)
