@@ -17,7 +17,15 @@ from typing import Literal
 from ..errors import SlideOpenError
 from .base import Slide
 from .levels import Level
-from .sniff import SLIDE_EXTENSIONS, SUPPORTED, check_file, fail, not_a_slide, sniff
+from .sniff import (
+    SLIDE_EXTENSIONS,
+    SUPPORTED,
+    UnsupportedSlideError,
+    check_file,
+    fail,
+    not_a_slide,
+    sniff,
+)
 
 __all__ = ["open_slide", "Slide", "Level", "SlideOpenError", "SUPPORTED"]
 
@@ -63,6 +71,11 @@ def open_slide(path: str | os.PathLike[str], backend: Backend | None = None) -> 
 
         try:
             return TiffSlide(p)
+        except UnsupportedSlideError:
+            # tifffile read the file and its content is not supported (float pixels,
+            # zero or absurd size...): OpenSlide would open it, then fail tile by tile
+            # with libtiff's message.
+            raise
         except SlideOpenError:
             if fmt != "generic-tiff":
                 raise
@@ -87,6 +100,7 @@ def _check_tiff_complete(path: Path) -> None:
     import tifffile
 
     from .sniff import file_size, tiff_truncation
+    from .tiff_backend import implausible_size
 
     why = tiff_truncation(path)
     if why:
@@ -95,6 +109,9 @@ def _check_tiff_complete(path: Path) -> None:
         with tifffile.TiffFile(str(path)) as tif:
             size = file_size(path)
             for page in tif.pages:
+                why = implausible_size(page, size)
+                if why:
+                    raise fail(path, why, UnsupportedSlideError)
                 ends = [
                     int(o) + int(c)
                     for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)

@@ -87,6 +87,9 @@ class Slide:
     objective_power: float | None
     vendor: str
     properties: dict[str, Any]
+    # "rgb", or "greyscale" when the file stores one grey channel (reads still return
+    # RGB, R = G = B): the tissue mask and the H&E models need colour.
+    colour: str = "rgb"
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -116,6 +119,14 @@ class Slide:
     @property
     def associated_names(self) -> list[str]:
         return []
+
+    def segment_shape(self, level: int) -> tuple[int, int]:
+        """(h, w) of the block a read of `level` decodes at least once (a native tile or
+        strip, a synthetic tile): the cost unit of sparse reads."""
+        lv = self.levels[level]
+        if lv.tile is not None and not lv.synthetic:
+            return (int(lv.tile[0]), int(lv.tile[1]))
+        return (SYNTHETIC_TILE, SYNTHETIC_TILE)
 
     def _close_backend(self) -> None:
         pass

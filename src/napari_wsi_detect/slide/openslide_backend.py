@@ -36,7 +36,14 @@ class OpenSlideSlide(Slide):
             self._osr = openslide.OpenSlide(str(path))
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as exc:
             raise fail(self.path, f"OpenSlide could not read it ({exc})") from exc
-        props = dict(self._osr.properties)
+        try:
+            props = dict(self._osr.properties)
+            # Read once: after any failed read OpenSlide refuses every later call on
+            # the handle, and the names must stay listable (info, the viewer).
+            self._associated_names = sorted(self._osr.associated_images.keys())
+        except openslide.OpenSlideError as exc:
+            self._osr.close()
+            raise fail(self.path, f"OpenSlide could not read it ({exc})") from exc
         self.properties = props
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR, fmt or "unknown")
         mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
@@ -104,16 +111,20 @@ class OpenSlideSlide(Slide):
 
     @property
     def associated_names(self) -> list[str]:
-        return sorted(self._osr.associated_images.keys())
+        return list(self._associated_names)
 
     def associated_image(self, name: str) -> np.ndarray:
-        if name not in self._osr.associated_images:
+        if name not in self._associated_names:
             return super().associated_image(name)
+        if self._closed:
+            raise SlideReadError(f"{self.path.name} is closed")
         try:
             img = self._osr.associated_images[name]
-        except openslide.OpenSlideError as exc:
+        except (openslide.OpenSlideError, KeyError, ValueError) as exc:
             raise SlideReadError(
-                f"could not read the {name} image of {self.path.name}: {exc}"
+                f"could not read the {name} image of {self.path.name}: {exc} (after a "
+                "failed read OpenSlide refuses the file until it is re-opened; the file "
+                "is probably corrupt or truncated)"
             ) from exc
         return composite_on_white(np.asarray(img.convert("RGBA")))
 

@@ -33,8 +33,15 @@ _MAGIC = [
 ]
 
 
-def fail(path: Path, what: str) -> SlideOpenError:
-    return SlideOpenError(f"cannot open {path}: {what}. {SUPPORTED}")
+class UnsupportedSlideError(SlideOpenError):
+    """The file was read and what it holds is definitely not supported (a pixel type,
+    colour model, size or layout no backend here shows). `open_slide` does not hand such
+    a file to another backend: OpenSlide would open it and fail later, tile by tile,
+    with libtiff's message instead of this one."""
+
+
+def fail(path: Path, what: str, cls: type[SlideOpenError] = SlideOpenError) -> SlideOpenError:
+    return cls(f"cannot open {path}: {what}. {SUPPORTED}")
 
 
 def check_file(path: Path) -> bytes:

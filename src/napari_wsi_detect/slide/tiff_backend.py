@@ -23,7 +23,7 @@ from ..errors import SlideOpenError, SlideReadError
 from ._cache import TileCache
 from .base import Slide, composite_on_white
 from .levels import Level
-from .sniff import fail, file_size, tiff_truncation
+from .sniff import UnsupportedSlideError, fail, file_size, tiff_truncation
 
 _TILE_CACHE_BYTES = 64 * 2**20
 # A single strip/tile bigger than this would make every small read decode it whole.
@@ -34,6 +34,14 @@ _MAX_PLAIN_IMAGE_PIXELS = 200_000_000
 # default (72 or 300 dpi give 353 or 85 µm/px) and says nothing about the specimen.
 _MPP_RANGE = (0.01, 20.0)
 _ASSOCIATED_KEYS = ("label", "macro", "thumbnail", "overview")
+# Sanity bound on what a file may declare: uncompressed pixel bytes per byte of file.
+# JPEG slides store 20-300x, zstd/WebP on blank glass tiles up to ~8000x; a header
+# claiming more than this describes pixels the file cannot hold (damaged or hostile), and
+# reading it would take hours. Only checked for levels above _SANITY_MIN_RAW_BYTES.
+_MAX_DECLARED_RATIO = 100_000
+_SANITY_MIN_RAW_BYTES = 2**30
+# TIFF's own limits: 32-bit dimensions; anything larger is a damaged header.
+_MAX_SIDE = 2**31 - 1
 
 
 def plausible_mpp(mpp: float | None) -> float | None:
@@ -87,8 +95,9 @@ def _to_rgb_converter(page: tifffile.TiffPage) -> Any:
     spp = int(page.samplesperpixel)
     dtype = np.dtype(page.dtype) if page.dtype is not None else None
     if dtype is None or dtype.kind not in "ub" or dtype.itemsize > 2:
-        raise SlideOpenError(
-            f"pixel type {dtype} is not supported: only 8- or 16-bit brightfield images"
+        raise UnsupportedSlideError(
+            f"pixel type {dtype} is not supported: only 8- or 16-bit brightfield images "
+            "(a float or 32-bit TIFF is a measurement or fluorescence image, not a scan)"
         )
     shift = 8 if dtype.itemsize == 2 else 0
     has_alpha = bool(page.extrasamples) and int(page.extrasamples[0]) in (1, 2)
@@ -119,10 +128,80 @@ def _to_rgb_converter(page: tifffile.TiffPage) -> Any:
         if spp >= 4 and has_alpha:
             return lambda a: composite_on_white(to8(a[..., :4]))
         return lambda a: np.ascontiguousarray(to8(a[..., :3]))
-    raise SlideOpenError(
+    raise UnsupportedSlideError(
         f"photometric interpretation {page.photometric!r} with {spp} samples is not "
         "supported: only RGB, grayscale and palette brightfield images"
     )
+
+
+def is_greyscale_page(page: tifffile.TiffPage) -> bool:
+    """True for MINISWHITE/MINISBLACK pages and palettes whose entries are all grey."""
+    photometric = int(page.photometric)
+    if photometric in (0, 1):
+        return True
+    if photometric == 3 and page.colormap is not None:
+        cmap = np.asarray(page.colormap)
+        return bool(cmap.ndim == 2 and cmap.shape[0] >= 3
+                    and (cmap[0] == cmap[1]).all() and (cmap[1] == cmap[2]).all())
+    return False
+
+
+def _check_declared_size(page: tifffile.TiffPage) -> None:
+    """UnsupportedSlideError when the page's declared geometry cannot be real: a zero or
+    absurd width/height/tile size, or fewer tile/strip offsets than the size needs."""
+    h, w = int(page.imagelength), int(page.imagewidth)
+    if h <= 0 or w <= 0:
+        raise UnsupportedSlideError(
+            f"the TIFF declares a {w} x {h} px image (ImageWidth x ImageLength): an image "
+            "without pixels; the header is damaged"
+        )
+    if h > _MAX_SIDE or w > _MAX_SIDE:
+        raise UnsupportedSlideError(
+            f"the TIFF declares a {w} x {h} px image, beyond TIFF's limits; the header is "
+            "damaged"
+        )
+    tiles_declared = "TileWidth" in page.tags or "TileLength" in page.tags
+    if page.is_tiled or tiles_declared:
+        th, tw = int(page.tilelength), int(page.tilewidth)
+        if th <= 0 or tw <= 0:
+            raise UnsupportedSlideError(
+                f"the TIFF declares {tw} x {th} px tiles (TileWidth x TileLength); the "
+                "header is damaged"
+            )
+        seg_h, seg_w = th, tw
+    else:
+        seg_h, seg_w = min(max(int(page.rowsperstrip or h), 1), h), w
+    planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+    needed = (-(-h // seg_h)) * (-(-w // seg_w)) * max(planes, 1)
+    n_offsets = len(page.dataoffsets)
+    if n_offsets < needed or len(page.databytecounts) < needed:
+        raise UnsupportedSlideError(
+            f"the TIFF declares a {w} x {h} px image in {needed} "
+            f"{'tiles' if page.is_tiled else 'strips'} but stores {n_offsets} data "
+            "offsets; the header is damaged or the file is not a complete slide"
+        )
+
+
+def implausible_size(page: tifffile.TiffPage, file_bytes: int) -> str | None:
+    """Why `page`'s declared size cannot be stored in a file of `file_bytes`, or None."""
+    raw = (int(page.imagelength) * int(page.imagewidth) * int(page.samplesperpixel)
+           * max(int(page.bitspersample or 8), 1) // 8)
+    if raw > _SANITY_MIN_RAW_BYTES and raw > _MAX_DECLARED_RATIO * max(file_bytes, 1):
+        return (
+            f"the TIFF declares a {int(page.imagewidth)} x {int(page.imagelength)} px image "
+            f"({_human_bytes(raw)} of pixels) but the whole file is "
+            f"{_human_bytes(file_bytes)}: no compression packs that much, so the header "
+            "is damaged or the file is not a real slide"
+        )
+    return None
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} PB"  # pragma: no cover
 
 
 class _PageReader:
@@ -132,6 +211,7 @@ class _PageReader:
         self.owner = owner
         self.key = key
         self.page = page
+        _check_declared_size(page)
         self.h, self.w = int(page.imagelength), int(page.imagewidth)
         if page.is_tiled:
             self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
@@ -160,6 +240,7 @@ class _PageReader:
                 "read piece by piece; convert it to a tiled pyramidal TIFF (e.g. "
                 "`vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`)"
             )
+        self.seg_bytes = seg_bytes
 
     def _decode_one(self, index: int) -> np.ndarray | None:
         offset, count = int(self.offsets[index]), int(self.counts[index])
@@ -248,7 +329,27 @@ class TiffSlide(Slide):
 
     def _init_from_tiff(self) -> None:
         tif = self._tif
-        if not tif.series:
+        try:
+            first = tif.pages.first
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types
+            raise fail(self.path, f"damaged TIFF ({type(exc).__name__}: {exc})") from exc
+        h0, w0 = int(getattr(first, "imagelength", 0)), int(getattr(first, "imagewidth", 0))
+        if h0 <= 0 or w0 <= 0:
+            raise fail(
+                self.path,
+                f"the TIFF declares a {w0} x {h0} px image (ImageWidth x ImageLength): an "
+                "image without pixels; the header is damaged",
+                UnsupportedSlideError,
+            )
+        try:
+            all_series = tif.series
+        except Exception as exc:  # noqa: BLE001 - e.g. ZeroDivisionError on odd pages
+            raise fail(
+                self.path,
+                f"damaged TIFF: its image directories cannot be interpreted "
+                f"({type(exc).__name__}: {exc})",
+            ) from exc
+        if not all_series:
             raise fail(self.path, "the TIFF holds no image")
         series = max(
             (s for s in tif.series if not _is_associated(s)),
@@ -267,8 +368,15 @@ class TiffSlide(Slide):
                         self.path,
                         f"a multi-plane image ({len(lvl.pages)} planes, axes {series.axes}); "
                         "only single-plane RGB or grayscale brightfield images are supported",
+                        UnsupportedSlideError,
                     )
                 break
+            try:
+                _check_declared_size(page)
+            except SlideOpenError as exc:
+                if i == 0:
+                    raise fail(self.path, str(exc), type(exc)) from exc
+                break  # a damaged reduced level: keep the good ones above it
             end = max(
                 (
                     int(o) + int(c)
@@ -282,10 +390,21 @@ class TiffSlide(Slide):
                     f"truncated TIFF: the file is {size} bytes but its image data runs to "
                     f"{end} bytes; the copy is incomplete",
                 )
+            why = implausible_size(page, size)
+            if why:
+                raise fail(self.path, why, UnsupportedSlideError)
             try:
                 reader = _PageReader(self, i, page)
-            except SlideOpenError as exc:
-                raise fail(self.path, str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - tifffile raises many types
+                if i > 0:
+                    break  # an unreadable reduced level: keep the levels above it
+                if isinstance(exc, SlideOpenError):
+                    raise fail(self.path, str(exc), type(exc)) from exc
+                raise fail(
+                    self.path,
+                    f"damaged TIFF: its image directory cannot be interpreted "
+                    f"({type(exc).__name__}: {exc})",
+                ) from exc
             readers.append(reader)
         self._readers = readers
         h0, w0 = readers[0].h, readers[0].w
@@ -299,6 +418,7 @@ class TiffSlide(Slide):
         self._set_levels([levels[i] for i in keep])
 
         page0 = readers[0].page
+        self.colour = "greyscale" if is_greyscale_page(page0) else "rgb"
         self.vendor = "ome-tiff" if tif.is_ome else "tiff"
         self.mpp, self.objective_power = self._metadata(page0)
         self.properties = {
@@ -349,6 +469,12 @@ class TiffSlide(Slide):
         with self._io_lock:  # pragma: no cover - Windows
             os.lseek(self._fd, offset, os.SEEK_SET)
             return os.read(self._fd, count)
+
+    def segment_shape(self, level: int) -> tuple[int, int]:
+        if level < len(self._readers):
+            r = self._readers[level]
+            return (r.seg_h, r.seg_w)
+        return super().segment_shape(level)
 
     def _read_native(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if self._closed:
@@ -418,6 +544,7 @@ class ImageSlide(Slide):
                         "convert it to a tiled pyramidal TIFF",
                     )
                 dpi = img.info.get("dpi")
+                grey = img.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L")
                 rgba = np.asarray(img.convert("RGBA"))
         except SlideOpenError:
             raise
@@ -430,6 +557,7 @@ class ImageSlide(Slide):
             raise fail(self.path, f"damaged or truncated {kind} image ({exc})") from exc
         self._rgb = composite_on_white(rgba)
         self._rgb.flags.writeable = False
+        self.colour = "greyscale" if grey else "rgb"
         self.vendor = f"image ({kind})"
         self.objective_power = None
         self.mpp = None

@@ -42,6 +42,11 @@ Method = Literal["saturation", "od"]
 DEFAULT_TARGET_MPP = 8.0  # ≈ 1.25× objective: enough to see tissue, tiny to compute
 DEFAULT_MAX_SIDE = 4096  # the mask never exceeds this many pixels on its longest side
 UNKNOWN_MPP_SIDE = 2048  # longest side of the mask when the slide's pixel size is unknown
+# Bounds on the work for one mask: a level is read whole only up to this many pixels
+# (≈ 16k × 16k); beyond, the stored thumbnail or a sparse sample is used instead.
+MAX_TISSUE_READ_PX = 2**28
+MAX_SAMPLES = 256 * 256  # mask pixels when sampling
+MAX_SAMPLED_DECODE_BYTES = 2**31  # decoded tile bytes when sampling
 
 # Otsu is trusted only inside these bounds (per method); see the module docstring.
 _CLAMPS: dict[str, tuple[float, float]] = {
@@ -424,14 +429,98 @@ class TissueMask:
 # ---------------------------------------------------------------------------------------
 # from a slide
 # ---------------------------------------------------------------------------------------
-def _target_downsample(slide: Slide, target_mpp: float, max_side: int) -> float:
+def _target_downsample(slide: Slide, target_mpp: float, max_side: int) -> tuple[float, int]:
+    """(level-0 px per mask px aimed at, longest mask side allowed)."""
     h0, w0 = slide.levels[0].shape
     longest = max(h0, w0)
     mpp = slide.mpp
     if mpp is None and slide.objective_power:
         mpp = 10.0 / float(slide.objective_power)  # 20× ≈ 0.5 µm/px, 40× ≈ 0.25 µm/px
-    target = target_mpp / mpp if mpp else longest / UNKNOWN_MPP_SIDE
-    return max(1.0, target, longest / max_side)
+    side_cap = max(1, int(max_side) if mpp else min(int(max_side), UNKNOWN_MPP_SIDE))
+    target = target_mpp / mpp if mpp else longest / side_cap
+    return max(1.0, target, longest / side_cap), side_cap
+
+
+def _read_cost_px(slide: Slide, level: int) -> int:
+    """Pixels decoded to read all of `level`: a synthetic level is computed from the
+    smallest native level, which is then read whole."""
+    native = _native_count(slide)
+    h, w = slide.levels[min(level, native - 1)].shape
+    return int(h) * int(w)
+
+
+def _native_count(slide: Slide) -> int:
+    """Levels stored in the file (duck-typed slides may only have `levels`)."""
+    n = getattr(slide, "native_level_count", None)
+    if n is None:
+        n = sum(1 for lv in slide.levels if not getattr(lv, "synthetic", False))
+    return max(1, int(n))
+
+
+def _segment_shape(slide: Slide, level: int) -> tuple[int, int]:
+    get = getattr(slide, "segment_shape", None)
+    if get is not None:
+        return get(level)
+    tile = getattr(slide.levels[level], "tile", None)
+    return (int(tile[0]), int(tile[1])) if tile else (512, 512)
+
+
+def _area_reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    pad_h, pad_w = (-h) % factor, (-w) % factor
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    hh, ww = rgb.shape[0] // factor, rgb.shape[1] // factor
+    block = rgb.reshape(hh, factor, ww, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+    return np.round(block).astype(np.uint8)
+
+
+def _thumbnail(slide: Slide, side_cap: int) -> tuple[np.ndarray, float] | None:
+    """(RGB, level-0 px per pixel) of the slide's stored thumbnail when it shows the
+    whole slide (same aspect ratio as level 0), else None."""
+    h0, w0 = slide.levels[0].shape
+    try:
+        names = slide.associated_names
+    except WsiDetectError:
+        return None
+    if "thumbnail" not in names:
+        return None
+    try:
+        thumb = np.asarray(slide.associated_image("thumbnail"))[..., :3]
+    except WsiDetectError:
+        return None
+    th, tw = thumb.shape[:2]
+    if min(th, tw) < 16 or abs((tw / th) / (w0 / h0) - 1.0) > 0.02:
+        return None  # a cropped or padded overview, not the slide itself
+    factor = max(1, math.ceil(max(th, tw) / side_cap))
+    return _area_reduce(thumb, factor), factor * (w0 / tw + h0 / th) / 2.0
+
+
+def _read_sampled(slide: Slide, target: float, side_cap: int) -> tuple[np.ndarray, float]:
+    """(RGB, level-0 px per pixel) from small patches of the smallest native level, one
+    per mask pixel, on a grid coarse enough that the tiles decoded stay within
+    `MAX_SAMPLED_DECODE_BYTES` (a slide without a usable pyramid or thumbnail)."""
+    level = _native_count(slide) - 1
+    lv = slide.levels[level]
+    seg_h, seg_w = _segment_shape(slide, level)
+    seg_bytes = max(1, int(seg_h) * int(seg_w) * 3)
+    n_max = int(min(MAX_SAMPLES, max(64, MAX_SAMPLED_DECODE_BYTES // seg_bytes)))
+    h0, w0 = slide.levels[0].shape
+    ds = max(target, max(h0, w0) / side_cap, math.sqrt(h0 * w0 / n_max))
+    mh, mw = max(1, math.ceil(h0 / ds)), max(1, math.ceil(w0 / ds))
+    lds = float(lv.downsample)
+    k = int(max(1, min(8, ds / lds)))  # patch side in pixels of `level`
+    half = k * lds / 2.0
+    out = np.empty((mh, mw, 3), np.uint8)
+    for r in range(mh):
+        y = int(round((r + 0.5) * ds - half))
+        for c in range(mw):
+            x = int(round((c + 0.5) * ds - half))
+            patch = np.asarray(slide.read_region(level, x, y, k, k))[..., :3]
+            out[r, c] = np.round(patch.reshape(-1, 3).mean(axis=0))
+    return out, ds
 
 
 def _read_reduced(slide: Slide, level: int, factor: int, strip_bytes: int = 64 << 20) -> np.ndarray:
@@ -467,23 +556,41 @@ def compute_tissue_mask(
     """Tissue mask of a slide at about `target_mpp` µm/px (≈ 1.25× for 8 µm).
 
     Reads the level nearest below that resolution (synthetic pyramid levels included) and
-    averages it down, in strips. With `require_tissue`, an empty mask raises
-    EmptyTissueError. `options` go to `tissue_mask_from_rgb`.
+    averages it down, in strips; the mask's longest side stays within `max_side` (2048
+    when the pixel size is unknown). When that would mean decoding more than
+    `MAX_TISSUE_READ_PX` pixels (a huge slide without a pyramid), the stored thumbnail is
+    used, else a sparse sample of the smallest level: the work is bounded whatever the
+    file declares. A greyscale slide raises EmptyTissueError saying it needs RGB. With
+    `require_tissue`, an empty mask raises EmptyTissueError. `options` go to
+    `tissue_mask_from_rgb`.
     """
-    target = _target_downsample(slide, target_mpp, max_side)
+    name = str(getattr(slide, "path", "the slide"))
+    if getattr(slide, "colour", "rgb") == "greyscale":
+        raise EmptyTissueError(
+            f"{name} is a greyscale image: tissue detection and the detectors need an RGB "
+            "(colour) brightfield slide. Use the colour scan (or export it in RGB)."
+        )
+    target, side_cap = _target_downsample(slide, target_mpp, max_side)
     level = slide.best_level_for_downsample(target)
-    level_ds = float(slide.levels[level].downsample)
-    factor = max(1, int(math.floor(target / level_ds + 1e-6)))
-    small = _read_reduced(slide, level, factor)
-    lh, lw = slide.levels[level].shape
     h0, w0 = slide.levels[0].shape
-    # Effective level-0 pixels per mask pixel (levels are rounded, so measure, not assume).
-    downsample = factor * (w0 / lw + h0 / lh) / 2.0
+    if _read_cost_px(slide, level) <= MAX_TISSUE_READ_PX:
+        level_ds = float(slide.levels[level].downsample)
+        lh, lw = slide.levels[level].shape
+        factor = max(1, int(math.floor(target / level_ds + 1e-6)),
+                     math.ceil(max(lh, lw) / side_cap - 1e-9))
+        small = _read_reduced(slide, level, factor)
+        # Effective level-0 px per mask px (levels are rounded, so measure, not assume).
+        downsample = factor * (w0 / lw + h0 / lh) / 2.0
+    else:
+        # No stored level small enough: never decode all of a huge level.
+        found = _thumbnail(slide, side_cap)
+        small, downsample = found if found is not None else _read_sampled(
+            slide, target, side_cap)
     mask_mpp = slide.mpp * downsample if slide.mpp else None
     mask = tissue_mask_from_rgb(
         small, mpp=mask_mpp, method=method, exclude_pen=exclude_pen, **options
     )
     result = TissueMask(mask, downsample, slide.mpp, (h0, w0))
     if require_tissue:
-        result.require_tissue(str(getattr(slide, "path", "the slide")))
+        result.require_tissue(name)
     return result
