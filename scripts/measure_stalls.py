@@ -88,6 +88,16 @@ def set_control_value(ctl: Any, value: float, steps: int = 6, pause_s: float = 0
         ctl.setValue(value)
 
 
+def region_count(widget: Any) -> Any:
+    """Number of detections shown (whatever the widget calls its result)."""
+    state = getattr(widget, "_current_state", None)
+    result = getattr(state(), "result", None) if callable(state) else None
+    if result is not None and getattr(result, "detections", None) is not None:
+        return len(result.detections)
+    regions = getattr(widget, "_regions", None)
+    return len(regions) if regions is not None else "?"
+
+
 def widget_busy(widget: Any) -> bool:
     """True while a run, a post-processing worker or a debounce timer is pending."""
     if getattr(widget, "running", False) or getattr(widget, "postprocessing", False):
@@ -209,20 +219,30 @@ def main(argv: list[str] | None = None) -> int:
                          "the screenshot gaps are left out of the figures")
     ap.add_argument("--shot-after-tiles", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--cache", default=None,
+                    help="the widget's run cache ($WSI_DETECT_CACHE); default: a new empty "
+                         "folder, so the run computes every ROI instead of resuming")
     args = ap.parse_args(argv)
+    import os
+    import tempfile
+
+    os.environ["WSI_DETECT_CACHE"] = args.cache or tempfile.mkdtemp(prefix="stalls-cache-")
 
     import napari
     from qtpy.QtCore import QEventLoop, Qt, QTimer
     from qtpy.QtTest import QTest
 
-    from napari_wsi_detect._napari.widget import DetectMetastasesWidget
+    from napari_wsi_detect._napari import widget as widget_module
+
+    widget_class = (getattr(widget_module, "DetectMetastasesWidget", None)
+                    or widget_module.DetectWidget)
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         viewer.open(args.slide, plugin="napari-wsi-detect")
-    widget = DetectMetastasesWidget(viewer)
+    widget = widget_class(viewer)
     viewer.window.add_dock_widget(widget, name="Detect metastases")
     if args.model != "demo" and hasattr(widget, "set_model_path"):
         widget.set_model_path(args.model)
@@ -328,10 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         wait(0.05)
         wait_until(lambda: not widget_busy(widget), 300.0)
         wait(0.5)  # the redraw after the swap
-        regions = getattr(widget, "_regions", None)
         swap.append(getattr(widget, "max_swap_s", float("nan")))
         print(f"  move {i} to {value:g}: regions in {time.perf_counter() - t1 - 0.5:.2f} s, "
-              f"{len(regions) if regions is not None else '?'} regions")
+              f"{region_count(widget)} regions")
         if shots is not None and i == 1:
             screenshot("after-slider-move")
     rec.set_phase("end")

@@ -13,7 +13,10 @@ level-0 pixel x is centred at x·mpp. A mask/map cell covering `d` level-0 pixel
 from __future__ import annotations
 
 import functools
+import threading
+import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +78,7 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
     layer is then in pixels and measurements in µm are not possible.
     """
     data = slide.pyramid()
+    warm_up_in_background()  # a slide is open: a run and its result layers may follow
     if slide.mpp is None:
         warnings.warn(
             f"{Path(slide.path).name} has no pixel size (µm/px) in its metadata: it is shown "
@@ -149,3 +153,204 @@ def _stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+# --- responsiveness helpers (docs/napari.md, "Responsiveness") ---------------------------------
+def fast_triangulation() -> str:
+    """Let napari triangulate Shapes with its fastest installed backend (bermuda, a
+    dependency of our napari extra) when the user's napari setting asks for the fastest,
+    which is napari's default; return the backend napari now uses.
+
+    napari applies its setting when its settings load (any napari session); this only
+    matters where they were not loaded (scripts, tests), where napari's module default
+    is pure Python + vispy (~25 ms per ragged polygon). A setting the user chose
+    (Preferences > Experimental > Triangulation backend, or the environment variable
+    NAPARI_TRIANGULATION_BACKEND) is respected, never changed or saved."""
+    try:
+        from napari.settings import get_settings
+        from napari.utils.triangulation_backend import (
+            TriangulationBackend,
+            get_backend,
+            set_backend,
+        )
+    except ImportError:  # napari < 0.6: no backend choice
+        return "unknown"
+    want = get_settings().experimental.triangulation_backend
+    if get_backend() != want:
+        set_backend(want)
+    backend = get_backend()
+    if backend == TriangulationBackend.fastest_available:
+        import importlib.util
+
+        return "bermuda" if importlib.util.find_spec("bermuda") else str(backend)
+    return str(backend)
+
+
+_WARMED = threading.Event()
+
+
+def warm_up_in_background() -> None:
+    """Import, in a daemon thread, what the first result layer needs (pandas for the
+    layer's feature table, ~0.5-0.8 s; napari's Shapes and text modules), so creating that
+    layer on the main thread later does not pay for the imports. Once per process."""
+    if _WARMED.is_set():
+        return
+    _WARMED.set()
+
+    def run() -> None:
+        try:
+            import pandas  # noqa: F401
+            from napari.layers import Shapes  # noqa: F401
+            from napari.layers.utils import text_manager  # noqa: F401
+            from napari.utils.colormaps import Colormap  # noqa: F401
+        except Exception:  # a warm-up must never fail a run
+            pass
+
+    threading.Thread(target=run, name="wsi-detect warm-up", daemon=True).start()
+
+
+GLYPHS = "0123456789."  # the characters of the score labels
+_GLYPH_TIMERS: dict[int, Any] = {}
+
+
+def warm_up_glyphs(viewer: Any, chars: str = GLYPHS, interval_ms: int = 40) -> None:
+    """Render the score labels' glyphs into the canvas's font atlas one per event-loop
+    turn (~8 ms each: napari renders a 256 pt signed-distance glyph on the CPU the first
+    time a character is drawn), so the first result layer's labels do not render them
+    all in one frame. Quietly does nothing where napari's canvas font is not reachable
+    (it is private API)."""
+    try:
+        from qtpy.QtCore import QTimer
+
+        info = viewer.window._qt_viewer.canvas._font_info
+        font = info.font_manager.get_font(info.face, False, False)
+        todo = [c for c in chars if c not in font._glyphs]
+    except Exception:
+        return
+    if not todo or id(viewer) in _GLYPH_TIMERS:
+        return
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+
+    def step() -> None:
+        while todo and todo[-1] in font._glyphs:
+            todo.pop()
+        if todo:
+            try:
+                font[todo.pop()]
+            except Exception:
+                todo.clear()
+        if not todo:
+            timer.stop()
+            _GLYPH_TIMERS.pop(id(viewer), None)
+
+    timer.timeout.connect(step)
+    _GLYPH_TIMERS[id(viewer)] = timer
+    timer.start()
+
+
+def add_layer_quietly(viewer: Any, layer: Any) -> Any:
+    """`viewer.add_layer(layer)` without making it the selected layer: napari would
+    otherwise rebuild the layer-controls panel for it (~70-100 ms on a busy CPU)."""
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if before is None:
+        return viewer.add_layer(layer)
+    layers._activate_on_insert = False
+    try:
+        return viewer.add_layer(layer)
+    finally:
+        layers._activate_on_insert = before
+
+
+EDGE_THROTTLE_S = 0.1
+
+
+class ReadableEdges:
+    """Keep the edges of result/annotation Shapes layers `metadata["edge_px"]` screen
+    pixels wide at every zoom (napari's `edge_width` is in data units, so a width that
+    reads at whole-slide zoom is a thick band zoomed in; napari/napari#7939).
+
+    Follows each layer's `scale_factor` (world units per screen pixel, set by napari's
+    canvas on every draw), at most every `EDGE_THROTTLE_S` with a trailing update, and
+    re-applies after the layer's shapes are replaced (a slider move). A width within 10 %
+    of the wanted one is left alone, so small zooms cost nothing. Set
+    `layer.metadata["edge_px"] = 0` to keep a width of your own."""
+
+    def __init__(self, viewer: Any) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._viewer = weakref.ref(viewer)
+        self._pending: weakref.WeakSet = weakref.WeakSet()
+        self._last = 0.0
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._flush)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in list(viewer.layers):
+            self.watch(layer)
+
+    def watch(self, layer: Any) -> None:
+        if getattr(layer, "_wsi_readable_edges", False) or not hasattr(layer, "nshapes"):
+            return
+        if "edge_px" not in (layer.metadata or {}):
+            return
+        layer._wsi_readable_edges = True
+        layer.events.data.connect(self._on_data)
+        if hasattr(layer.events, "scale_factor"):
+            layer.events.scale_factor.connect(self._on_zoom)
+        apply_edge_px(layer)
+
+    def _on_inserted(self, event: Any) -> None:
+        self.watch(event.value)
+
+    def _on_data(self, event: Any) -> None:
+        if not str(getattr(event, "action", "")).endswith("ing"):  # added/removed/changed
+            apply_edge_px(event.source)
+
+    def _on_zoom(self, event: Any) -> None:
+        self._pending.add(event.source)
+        wait = self._last + EDGE_THROTTLE_S - time.perf_counter()
+        if wait <= 0:
+            self._flush()
+        elif not self._timer.isActive():
+            self._timer.start(int(wait * 1000) + 1)
+
+    def _flush(self) -> None:
+        layers = list(self._pending)
+        self._pending.clear()
+        for layer in layers:
+            apply_edge_px(layer)
+        self._last = time.perf_counter()  # the interval counts from the end of the work
+
+
+def apply_edge_px(layer: Any) -> bool:
+    """Set `layer`'s edge widths to `metadata["edge_px"]` screen pixels at its current
+    zoom; True when they changed."""
+    px = float((layer.metadata or {}).get("edge_px") or 0.0)
+    if px <= 0 or not getattr(layer, "nshapes", 0):
+        return False
+    unit = abs(float(layer.scale[-1])) or 1.0
+    width = px * float(layer.scale_factor) / unit
+    widths = np.asarray(layer.edge_width, dtype=float)
+    if widths.size and np.all(np.abs(widths - width) <= 0.1 * width):
+        return False
+    layer.edge_width = width  # every shape; napari re-offsets the edge meshes only
+    layer.current_edge_width = width  # shapes drawn next; emits the one redraw event
+    return True
+
+
+_EDGE_FOLLOWERS: dict[int, tuple[Any, ReadableEdges]] = {}
+
+
+def readable_edges(viewer: Any) -> ReadableEdges:
+    """Install (once per viewer) the `ReadableEdges` follower; returns it."""
+    for key, (ref, _) in list(_EDGE_FOLLOWERS.items()):
+        if ref() is None:
+            del _EDGE_FOLLOWERS[key]
+    entry = _EDGE_FOLLOWERS.get(id(viewer))
+    if entry is not None and entry[0]() is viewer:
+        return entry[1]
+    follower = ReadableEdges(viewer)
+    _EDGE_FOLLOWERS[id(viewer)] = (weakref.ref(viewer), follower)
+    return follower
