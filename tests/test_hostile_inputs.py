@@ -290,3 +290,54 @@ def test_mpp_sanity_of_declared_ratio_keeps_real_slides(phantom_small):
 
 # silence "imported but unused" for names used only by later sections
 _ = json
+
+
+# ----------------------------------------------------------------------------------------
+# package namespace
+
+
+def test_from_package_import_annotations_is_the_subpackage():
+    """`from __future__ import annotations` in the package __init__ used to shadow the
+    `annotations` subpackage. Run in a fresh interpreter: importing the subpackage
+    anywhere earlier in the session would hide the bug."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_wsi_detect import annotations\n"
+        "assert annotations.__name__ == 'napari_wsi_detect.annotations', annotations\n"
+        "assert callable(annotations.read_geojson)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_no_package_name_shadows_a_subpackage():
+    """In a fresh interpreter, no package binds a name that is one of its submodules
+    but something else, and every lazy name resolves."""
+    import subprocess
+    import sys
+
+    code = r'''
+import importlib, pkgutil
+import napari_wsi_detect as root
+problems = []
+packages = [root.__name__] + [m.name for m in pkgutil.walk_packages(root.__path__, root.__name__ + ".")
+                              if m.ispkg]
+for name in packages:
+    pkg = importlib.import_module(name)
+    for sub in pkgutil.iter_modules(pkg.__path__):
+        bound = pkg.__dict__.get(sub.name)
+        if bound is not None and getattr(bound, "__name__", None) != f"{name}.{sub.name}":
+            problems.append(f"{name}.{sub.name} is shadowed by {bound!r}")
+for name in packages:
+    pkg = importlib.import_module(name)
+    for attr in getattr(pkg, "_LAZY", {}):
+        try:
+            getattr(pkg, attr)
+        except Exception as exc:
+            problems.append(f"{name}.{attr}: {type(exc).__name__}: {exc}")
+assert not problems, problems
+'''
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -4,8 +4,9 @@ Public names are imported lazily so that `import napari_wsi_detect` stays fast a
 imports torch, Qt or napari until they are needed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it binds the name `annotations` in this
+# module, which then shadows the `annotations` subpackage (`from napari_wsi_detect import
+# annotations` returned `__future__.annotations`).
 from ._lazy import attach
 
 __version__ = "0.1.0"
@@ -17,5 +18,9 @@ _LAZY = {
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 
-__getattr__, __all__ = attach(__name__, _LAZY)
+# Subpackages reachable as attributes without importing them first.
+_SUBPACKAGES = ("annotations", "evaluation", "models", "slide", "engine", "postprocess",
+                "training", "phantom", "errors")
+
+__getattr__, __all__ = attach(__name__, _LAZY, _SUBPACKAGES)
 __all__ = __all__ + ["__version__"]

@@ -24,8 +24,8 @@ from .sniff import (
     check_file,
     fail,
     not_a_slide,
-    sniff,
 )
+from .sniff import sniff as _sniff  # not `sniff`: that name is the submodule
 
 __all__ = ["open_slide", "Slide", "Level", "SlideOpenError", "SUPPORTED"]
 
@@ -42,7 +42,7 @@ def open_slide(path: str | os.PathLike[str], backend: Backend | None = None) -> 
     """
     p = Path(path).expanduser()
     head = check_file(p)
-    kind = sniff(head)
+    kind = _sniff(head)
 
     if backend == "openslide":
         from .openslide_backend import OpenSlideSlide
