@@ -341,3 +341,166 @@ for name in packages:
 assert not problems, problems
 '''
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# ----------------------------------------------------------------------------------------
+# model files
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.scannet import ScanNetFCN
+
+    folder = tmp_path_factory.mktemp("model")
+    _, json_path = save_model(ScanNetFCN(width=0.0625), folder / "m")
+    return json_path
+
+
+def _edited_model(saved_model, tmp_path, edit) -> Path:
+    import shutil
+
+    config = json.loads(saved_model.read_text())
+    edit(config)
+    shutil.copy(saved_model.with_suffix(".safetensors"), tmp_path / "m.safetensors")
+    out = tmp_path / "m.json"
+    out.write_text(json.dumps(config))
+    return out
+
+
+def _set(path: str, value):
+    def edit(config):
+        *parents, last = path.split(".")
+        target = config
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value
+    return edit
+
+
+BAD_CONFIGS = [
+    ("patch", "abc", "whole number in [1, 8192]"),
+    ("patch", 244.5, "whole number"),
+    ("stride", -32, "whole number in [1, 8192]"),
+    ("mpp", "0.25um", r"number in (0.01, 20] µm/px"),
+    ("mpp", 0, r"number in (0.01, 20] µm/px"),
+    ("mpp", float("nan"), "number in"),
+    ("width", 1e5, r"number in (0, 4]"),
+    ("width", 0, r"number in (0, 4]"),
+    ("width", True, "number in"),
+    ("in_channels", 3.5, "whole number in [1, 16]"),
+    ("num_classes", 10**9, "whole number in [1, 1000]"),
+    ("format_version", 99, "newer napari-wsi-detect"),
+    ("thresholds.probability", "high", "number in [0, 1]"),
+    ("thresholds.probability", 1.5, "number in [0, 1]"),
+    ("thresholds.threshold", -0.1, "number in [0, 1]"),
+    ("thresholds.opening_um", 1e9, "number in [0, 200] µm"),
+    ("thresholds.min_area_um2", "big", "number in [0, 1e+07] µm²"),
+    ("thresholds.other", [1], "finite number"),
+    ("thresholds", [0.5], "object of slider defaults"),
+    ("class_names", [1, 2], "list of strings"),
+    ("architecture", 7, "architecture's name"),
+    ("normalisation.std", [0.2, 0, 0.2], "above 0"),
+    ("normalisation.mean", "grey", "3 numbers"),
+    ("weights", "../m.safetensors", "inside it"),
+    ("weights", "/etc/passwd", "inside it"),
+    ("weights", "sub/../../m.safetensors", "inside it"),
+    ("weights", 12, "weights file's name"),
+    ("weights_sha256", "abc", "64 hexadecimal digits"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), BAD_CONFIGS,
+                         ids=[f"{f}={v!r}" for f, v, _ in BAD_CONFIGS])
+def test_bad_model_config_field_is_refused_before_building(saved_model, tmp_path, monkeypatch,
+                                                           field, value, rule):
+    from napari_wsi_detect.errors import ModelFileError
+    from napari_wsi_detect.models import io
+
+    path = _edited_model(saved_model, tmp_path, _set(field, value))
+    monkeypatch.setattr(io, "build_model", lambda config: pytest.fail("built a network"))
+    with pytest.raises(ModelFileError) as info:
+        io.load_model(path)
+    msg = str(info.value)
+    assert str(path) in msg and repr(field.split(".")[-1])[1:-1] in msg
+    assert rule in msg, msg
+    # the cheap JSON-only check (the widget's model_problem, run_key) refuses it too
+    with pytest.raises(ModelFileError):
+        io.read_config(path)
+
+
+def test_weights_outside_the_model_folder_refused_even_when_it_exists(saved_model, tmp_path):
+    """`weights: ../x` used to load whatever file sat there (sha256 matching)."""
+    import shutil
+
+    from napari_wsi_detect.errors import ModelFileError
+    from napari_wsi_detect.models.io import load_model
+
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    shutil.copy(saved_model.with_suffix(".safetensors"), tmp_path / "elsewhere.safetensors")
+    config = json.loads(saved_model.read_text())
+    config["weights"] = "../elsewhere.safetensors"
+    (inner / "m.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="inside it"):
+        load_model(inner / "m.json")
+    config["weights"] = str(tmp_path / "elsewhere.safetensors")  # absolute
+    (inner / "m.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="inside it"):
+        load_model(inner / "m.json")
+
+
+def test_weights_in_a_subfolder_of_the_json_loads(saved_model, tmp_path):
+    import shutil
+
+    from napari_wsi_detect.models.io import load_model
+
+    (tmp_path / "w").mkdir()
+    shutil.copy(saved_model.with_suffix(".safetensors"), tmp_path / "w" / "m.safetensors")
+    config = json.loads(saved_model.read_text())
+    config["weights"] = "w/m.safetensors"
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    _, loaded = load_model(tmp_path / "m.json")
+    assert Path(loaded["_weights_path"]) == tmp_path / "w" / "m.safetensors"
+
+
+@pytest.mark.parametrize("thresholds", [
+    {"probability": 0.7, "opening_um": 16.0},  # legacy key
+    {"threshold": 0.6},  # today's key
+    {"probability": 0.7, "threshold": 0.6},  # both (today's wins downstream)
+    {"probability": 1, "min_area_um2": 0},  # integers are numbers
+])
+def test_model_thresholds_both_keys_load(saved_model, tmp_path, thresholds):
+    from napari_wsi_detect.models.io import load_model
+
+    path = _edited_model(saved_model, tmp_path, _set("thresholds", thresholds))
+    _, config = load_model(path)
+    assert config["thresholds"] == thresholds
+
+
+def test_bundled_demo_model_config_is_valid():
+    from napari_wsi_detect.models.io import BUNDLED_DIR, read_config
+
+    for path in BUNDLED_DIR.glob("*.json"):
+        read_config(path)
+
+
+def test_save_model_refuses_a_bad_config(tmp_path):
+    from napari_wsi_detect.errors import ModelFileError
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.scannet import ScanNetFCN
+
+    with pytest.raises(ModelFileError, match="mpp"):
+        save_model(ScanNetFCN(width=0.0625), tmp_path / "m", {"mpp": "0.25um"})
+    assert not list(tmp_path.iterdir())
+
+
+def test_deeply_nested_model_json(saved_model, tmp_path):
+    from napari_wsi_detect.errors import ModelFileError
+    from napari_wsi_detect.models.io import load_model
+
+    path = tmp_path / "m.json"
+    path.write_text('{"architecture": "scannet-fcn", "training": ' + "[" * 100_000
+                    + "]" * 100_000 + "}")
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        load_model(path)

@@ -14,6 +14,7 @@ and `load_model` then know them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, config: dict | None = 
     full["thresholds"] = thresholds
     if "architecture" not in full:
         raise ModelFileError("config has no 'architecture' and the model does not say")
+    validate_config(full, stem.with_suffix(".json"))
     full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     full["package_version"] = __version__
 
@@ -187,19 +189,200 @@ def _find_pair(name_or_path: str | os.PathLike) -> tuple[Path, Path | None]:
     )
 
 
+# A model config is a few kB; anything much larger is not one (and is not parsed).
+_MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def read_config(json_path: Path) -> dict:
+    """The model config at `json_path`, every field checked (`validate_config`)."""
     try:
+        if json_path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ModelFileError(
+                f"model config {json_path} is {json_path.stat().st_size} bytes: far too "
+                "large for a model config (a few kB); this is not a model JSON"
+            )
         config = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ModelFileError(
             f"model config {json_path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
             "the file is damaged: re-save or re-download the model"
         ) from exc
+    except RecursionError as exc:
+        raise ModelFileError(
+            f"model config {json_path} is nested too deeply to be a model config"
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"cannot read model config {json_path}: {exc}") from exc
     if not isinstance(config, dict):
         raise ModelFileError(f"model config {json_path} must be a JSON object")
+    validate_config(config, json_path)
     return config
+
+
+# --- validation ---------------------------------------------------------------------------
+# Ranges of the numbers a config may hold; a value outside them is refused with the field
+# and the range named, before anything is built (a width of 1e5 would allocate petabytes).
+_INT_FIELDS = {  # name: (minimum, maximum)
+    "format_version": (1, FORMAT_VERSION),
+    "in_channels": (1, 16),
+    "num_classes": (1, 1000),
+    "patch": (1, 8192),
+    "stride": (1, 8192),
+}
+_FLOAT_FIELDS = {  # name: (exclusive minimum, inclusive maximum, unit)
+    "width": (0.0, 4.0, ""),
+    "mpp": (0.01, 20.0, " µm/px"),
+}
+# Slider defaults: known keys have ranges; other detectors' keys must be finite numbers.
+# "probability" is the legacy name of "threshold": both are accepted and both checked.
+_THRESHOLD_RANGES = {
+    "threshold": (0.0, 1.0, ""),
+    "probability": (0.0, 1.0, ""),
+    "opening_um": (0.0, 200.0, " µm"),
+    "min_area_um2": (0.0, 1e7, " µm²"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad(where: str, field: str, rule: str, value: Any) -> ModelFileError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return ModelFileError(
+        f"model config {where}: {field!r} must be {rule}, got {shown}; fix the JSON "
+        "or re-save the model"
+    )
+
+
+def _check_number(where: str, field: str, value: Any, lo: float, hi: float, unit: str = "",
+                  lo_open: bool = False) -> float:
+    bracket = "(" if lo_open else "["
+    rule = f"a number in {bracket}{lo:g}, {hi:g}]{unit}"
+    if not _is_number(value) or not math.isfinite(value):
+        raise _bad(where, field, rule, value)
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        raise _bad(where, field, rule, value)
+    return float(value)
+
+
+def _check_weights_name(where: str, value: Any) -> None:
+    rule = ("the weights file's name, relative to the JSON's folder and inside it "
+            "(e.g. \"NAME.safetensors\")")
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _bad(where, "weights", rule, value)
+    if os.path.isabs(value) or Path(value).drive or value.startswith(("/", "\\")):
+        raise _bad(where, "weights", rule, value)
+    norm = os.path.normpath(value.replace("\\", "/"))
+    if norm == ".." or norm.startswith(".." + os.sep) or norm.startswith("../") or norm == ".":
+        raise _bad(where, "weights", rule, value)
+
+
+def validate_config(config: dict, json_path: str | os.PathLike | None = None) -> dict:
+    """Check every field of a model config, before anything is built from it.
+
+    Types and ranges: integers (format_version, in_channels, num_classes, patch,
+    stride), numbers (width in (0, 4], mpp in (0.01, 20] µm/px), thresholds (threshold /
+    its legacy name probability in [0, 1], opening_um in [0, 200] µm, min_area_um2 in
+    [0, 1e7] µm², any other finite), class_names (strings), normalisation (3 finite
+    numbers each, std > 0), the weights file name (relative, inside the JSON's folder),
+    weights_sha256 (64 hex digits). Unknown fields are left alone (newer files). Raises
+    ModelFileError naming the file, the field and the valid range. Returns `config`.
+    """
+    where = str(json_path) if json_path is not None else "(in memory)"
+    arch = config.get("architecture")
+    if arch is not None and (not isinstance(arch, str) or not arch):
+        raise _bad(where, "architecture", "the architecture's name (a string)", arch)
+    for field in ("task", "name", "created", "package_version"):
+        value = config.get(field)
+        if value is not None and not isinstance(value, str):
+            raise _bad(where, field, "a string", value)
+    version = config.get("version")
+    if version is not None and not (isinstance(version, str) or _is_number(version)):
+        raise _bad(where, "version", "a string", version)
+    for field, (lo, hi) in _INT_FIELDS.items():
+        if field not in config or (field == "format_version" and config[field] is None):
+            continue
+        value = config[field]
+        if not _is_number(value) or not math.isfinite(value) or value != int(value):
+            raise _bad(where, field, f"a whole number in [{lo}, {hi}]", value)
+        if not lo <= value <= hi:
+            if field == "format_version" and value > hi:
+                raise ModelFileError(
+                    f"model config {where} has format_version {value}: it was written by a "
+                    f"newer napari-wsi-detect (this one reads up to {FORMAT_VERSION}); "
+                    "upgrade the package"
+                )
+            raise _bad(where, field, f"a whole number in [{lo}, {hi}]", value)
+        config[field] = int(value)
+    for field, (lo, hi, unit) in _FLOAT_FIELDS.items():
+        if field in config and not (field == "mpp" and config[field] is None):
+            _check_number(where, field, config[field], lo, hi, unit, lo_open=True)
+    seed = config.get("seed")
+    if seed is not None and (not _is_number(seed) or not math.isfinite(seed)
+                             or seed != int(seed)):
+        raise _bad(where, "seed", "a whole number or null", seed)
+    names = config.get("class_names")
+    if names is not None and (not isinstance(names, list)
+                              or not all(isinstance(n, str) for n in names)):
+        raise _bad(where, "class_names", "a list of strings", names)
+    if isinstance(names, list) and "num_classes" in config and len(names) not in (
+            0, config["num_classes"]):
+        raise _bad(where, "class_names", f"{config['num_classes']} names (num_classes)", names)
+    thresholds = config.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, dict):
+            raise _bad(where, "thresholds", "an object of slider defaults", thresholds)
+        for key, value in thresholds.items():
+            field = f"thresholds.{key}"
+            if key in _THRESHOLD_RANGES:
+                lo, hi, unit = _THRESHOLD_RANGES[key]
+                _check_number(where, field, value, lo, hi, unit)
+            elif not _is_number(value) or not math.isfinite(value):
+                raise _bad(where, field, "a finite number", value)
+    options = config.get("options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad(where, "options", "an object of numbers", options)
+        for key, value in options.items():
+            if not _is_number(value) or not math.isfinite(value):
+                raise _bad(where, f"options.{key}", "a finite number", value)
+    for nkey in ("normalisation", "normalization"):
+        norm = config.get(nkey)
+        if norm is None:
+            continue
+        if not isinstance(norm, dict):
+            raise _bad(where, nkey, 'an object {"mean": [r, g, b], "std": [r, g, b]}', norm)
+        for part in ("mean", "std"):
+            if part not in norm:
+                continue
+            value = norm[part]
+            values = value if isinstance(value, list) else [value]
+            rule = "a number or 3 numbers in [0, 255]" + (", above 0" if part == "std" else "")
+            if len(values) not in (1, 3) or not all(
+                    _is_number(v) and math.isfinite(v) and 0 <= v <= 255 for v in values):
+                raise _bad(where, f"{nkey}.{part}", rule, value)
+            if part == "std" and min(values) <= 0:
+                raise _bad(where, f"{nkey}.{part}", rule, value)
+    if config.get("weights") is not None:
+        _check_weights_name(where, config["weights"])
+    sha = config.get("weights_sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha.lower())):
+        raise _bad(where, "weights_sha256", "64 hexadecimal digits (sha256) or null", sha)
+    return config
+
+
+def weights_path_of(json_path: Path, config: dict) -> Path:
+    """The weights file a config names, resolved relative to its JSON; a name that
+    leaves the JSON's folder (`../`, absolute) is refused."""
+    name = config.get("weights")
+    if name is None:
+        return json_path.parent / (json_path.stem + ".safetensors")
+    _check_weights_name(str(json_path), name)
+    return json_path.parent / os.path.normpath(str(name).replace("\\", "/"))
 
 
 def _check_state(model: nn.Module, state: dict[str, torch.Tensor], config: dict,
@@ -248,8 +431,7 @@ def load_model(name_or_path: str | os.PathLike = "demo", device: str | torch.dev
     json_path, weights_path = _find_pair(name_or_path)
     config = read_config(json_path)
     if weights_path is None:
-        weights_path = json_path.parent / str(config.get("weights") or json_path.stem
-                                              + ".safetensors")
+        weights_path = weights_path_of(json_path, config)
     if not weights_path.is_file():
         raise ModelFileError(
             f"weights file {weights_path} named by {json_path.name} is missing; a model is "
