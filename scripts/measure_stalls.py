@@ -98,6 +98,26 @@ def region_count(widget: Any) -> Any:
     return len(regions) if regions is not None else "?"
 
 
+def zoom_screenshot(viewer: Any, screenshot: Any, wait: Any, factor: float = 8.0) -> None:
+    """A picture zoomed `factor` x on the biggest result shape (edge width on screen must
+    stay the same as at whole-slide zoom), then back to the whole slide."""
+    from napari.layers import Shapes
+
+    shapes = [ly for ly in viewer.layers if isinstance(ly, Shapes) and ly.nshapes]
+    if not shapes:
+        return
+    layer = shapes[-1]
+    biggest = max(layer.data, key=len)
+    centre = layer.data_to_world(np.asarray(biggest)[:, -2:].mean(axis=0))
+    zoom = viewer.camera.zoom
+    viewer.camera.center = tuple(centre[-2:])
+    viewer.camera.zoom = zoom * factor
+    wait(0.5)
+    screenshot("zoomed-in")
+    viewer.reset_view()
+    wait(0.3)
+
+
 def widget_busy(widget: Any) -> bool:
     """True while a run, a post-processing worker or a debounce timer is pending."""
     if getattr(widget, "running", False) or getattr(widget, "postprocessing", False):
@@ -335,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if shots is not None:
         viewer.reset_view()
         screenshot("run-finished")
+        zoom_screenshot(viewer, screenshot, wait)
 
     ctl = find_threshold_control(widget)
     swap: list[float] = []

@@ -246,3 +246,26 @@ def test_live_heatmap_tints_computed_cells_and_keeps_the_selection(viewer) -> No
     assert cmap.map(np.array([0.9]))[0, 3] > 0.5
     v = layer_values(np.array([np.nan, 0.0, 0.5], np.float32))
     assert v.tolist() == pytest.approx([0.0, COMPUTED_FLOOR, 0.5])
+
+
+def test_replace_shapes_swaps_a_result_in_place_and_export_stays_exact(viewer, tmp_path
+                                                                       ) -> None:
+    regions, _ = _regions()
+    layer = viewer.add_layer(Layer.create(*regions_to_layer_data(regions[:4], MPP)))
+    layer.scale_factor = 10.0
+    nl.readable_edges(viewer)
+    data = regions_to_layer_data(regions, MPP, metadata={"parameters": {"threshold": 0.6}})
+    assert nl.replace_shapes(layer, data)
+    assert layer.nshapes == len(data[0])
+    assert layer.metadata["parameters"] == {"threshold": 0.6}
+    assert np.allclose(layer.edge_width, layer.metadata["edge_px"] * 10.0 / layer.scale[-1])
+    assert sum(1 for t in layer.text.values if t) == len(regions)
+    cmap_edge = layer.edge_color[0]
+    assert cmap_edge[3] == 1.0 and cmap_edge[1] > 0.5  # high score: the green end
+    for geom, r in zip(_export(layer, tmp_path), regions, strict=True):
+        assert geom.equals(r.geometry)
+    other = ([np.array([[0, 0], [0, 9], [9, 9.]])], {"features": {"x": [1.0]}}, "shapes")
+    assert not nl.replace_shapes(layer, other)  # other columns: the caller makes a new layer
+    assert layer.nshapes == len(data[0])
+    assert nl.replace_shapes(layer, regions_to_layer_data([], MPP))  # nothing found
+    assert layer.nshapes == 0

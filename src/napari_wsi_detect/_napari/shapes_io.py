@@ -63,7 +63,7 @@ ELLIPSE_VERTICES = 64
 # H&E pink/purple, on the white background and on the inferno heatmap, whose high values
 # are yellow); a light fill of the same colour; the score as text at each region.
 SCORE_COLORS = ((0.0, "#3d7dff"), (0.5, "#00c8ff"), (1.0, "#00ff8c"))
-FILL_ALPHA = 0.18
+FILL_ALPHA = 0.12
 TEXT_COLOR = "#00ff8c"
 TEXT_SIZE = 9  # points, on screen (napari text does not scale with zoom)
 MAX_LABELS = 500  # score labels on the best regions only (text costs per string)
