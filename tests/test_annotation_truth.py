@@ -162,7 +162,8 @@ def test_missing_file(tmp_path):
 def test_real_annotation_files(shared_data):
     tumour, exclusion = read_tumour_polygons(shared_file("annotations/asap-format/asap-polygon.xml"))
     assert len(tumour) == 1 and exclusion == [] and _inside(tumour, 22850.0, 16640.0)
-    assert read_tumour_polygons(shared_file("annotations/asap-format/asap-dot.xml")) == ([], [])
+    with pytest.raises(AnnotationError, match="only Dot annotations"):
+        read_tumour_polygons(shared_file("annotations/asap-format/asap-dot.xml"))
     tumour, exclusion = read_tumour_polygons(
         shared_file("annotations/camelyon16-ncrf-json/Normal_017.json"))
     assert tumour == [] and len(exclusion) == 2

@@ -504,3 +504,310 @@ def test_deeply_nested_model_json(saved_model, tmp_path):
                     + "]" * 100_000 + "}")
     with pytest.raises(ModelFileError, match="nested too deeply"):
         load_model(path)
+
+
+# ----------------------------------------------------------------------------------------
+# annotations and ground truth
+
+
+def _square(x0, y0, side):
+    return [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+
+
+def _tumour_geojson(path: Path, rings) -> Path:
+    features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [r]},
+                 "properties": {"objectType": "annotation",
+                                "classification": {"name": "Tumor", "color": [200, 0, 0]}}}
+                for r in rings]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def _asap(path: Path, annotations) -> Path:
+    """annotations: (type, [(x, y), ...]) pairs."""
+    body = []
+    for i, (kind, coords) in enumerate(annotations):
+        pts = "".join(f'<Coordinate Order="{j}" X="{x}" Y="{y}"/>'
+                      for j, (x, y) in enumerate(coords))
+        body.append(f'<Annotation Name="a{i}" Type="{kind}" PartOfGroup="_0" Color="#F4FA58">'
+                    f"<Coordinates>{pts}</Coordinates></Annotation>")
+    path.write_text('<?xml version="1.0"?><ASAP_Annotations><Annotations>'
+                    + "".join(body) + "</Annotations><AnnotationGroups/></ASAP_Annotations>")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "asap", "ncrf"])
+def test_huge_coordinates_are_an_annotation_error(tmp_path, fmt):
+    """A polygon at 10¹² px used to allocate ~91 GiB while rasterising the truth."""
+    from napari_wsi_detect.annotations.truth import read_tumour_polygons
+    from napari_wsi_detect.errors import AnnotationError
+    from napari_wsi_detect.evaluation.froc_io import load_truth_file
+
+    ring = _square(1e12, 1e12, 5000)
+    if fmt == "geojson":
+        path = _tumour_geojson(tmp_path / "Tumor_001.geojson", [ring])
+    elif fmt == "asap":
+        path = _asap(tmp_path / "Tumor_001.xml", [("Polygon", ring[:-1])])
+    else:
+        path = tmp_path / "Tumor_001.json"
+        path.write_text(json.dumps({"positive": [{"name": "p", "vertices": ring[:-1]}],
+                                    "negative": []}))
+    for reader in (read_tumour_polygons, load_truth_file):
+        with pytest.raises(AnnotationError, match="no slide is that large") as info:
+            reader(path)
+        assert path.name in str(info.value)
+
+
+def test_truth_extent_too_large_is_refused_before_allocating(tmp_path):
+    """Coordinates within bounds but spanning 9 million px: refused by the mask-size
+    bound, not by a MemoryError (or the OOM killer)."""
+    from napari_wsi_detect.errors import AnnotationError
+    from napari_wsi_detect.evaluation.froc_io import load_truth_file
+
+    path = _tumour_geojson(tmp_path / "Tumor_002.geojson",
+                           [_square(0, 0, 5000), _square(9_000_000, 9_000_000, 5000)])
+    with pytest.raises(AnnotationError, match="evaluation mask"):
+        load_truth_file(path)
+
+
+def test_truth_far_from_the_origin_is_rasterised_in_its_window(tmp_path):
+    """A small lesion at x = y = 2·10⁶ px needs a small mask, not (2·10⁶ / 32)² cells."""
+    from napari_wsi_detect.evaluation.froc import (
+        SlideEval,
+        compute_froc,
+        evaluation_mask_from_polygons,
+    )
+    from napari_wsi_detect.evaluation.froc_io import load_truth_file
+
+    near = load_truth_file(_tumour_geojson(tmp_path / "a.geojson", [_square(4000, 4000, 4000)]))
+    far = load_truth_file(_tumour_geojson(tmp_path / "b.geojson",
+                                          [_square(2_004_000, 2_004_000, 4000)]))
+    assert far.is_tumour and far.evaluation_mask.size < 40_000
+    assert far.evaluation_mask.shape == near.evaluation_mask.shape
+    assert (far.evaluation_mask == near.evaluation_mask).all()
+    shift = 2_000_000 // 32
+    assert far.mask_offset == (near.mask_offset[0] + shift, near.mask_offset[1] + shift)
+    # the same labels as the full-frame reference
+    labels, itc = evaluation_mask_from_polygons([np.array(_square(4000, 4000, 4000))])
+    det = np.array([[0.9, 6000, 6000], [0.4, 100, 100]])
+    ref = compute_froc([SlideEval("a", det, True, labels, itc)])
+    got = compute_froc([SlideEval("a", det, True, near.evaluation_mask, near.itc_labels,
+                                  mask_offset=near.mask_offset)])
+    assert got.score == ref.score and got.n_tp == ref.n_tp == 1
+
+
+def test_deeply_nested_json_is_an_annotation_error(tmp_path):
+    """json.loads raises RecursionError on 100 000 nested arrays: it must not escape."""
+    from napari_wsi_detect.annotations.camelyon_json import read_camelyon_json
+    from napari_wsi_detect.annotations.geojson import read_geojson
+    from napari_wsi_detect.annotations.truth import read_tumour_polygons
+    from napari_wsi_detect.errors import AnnotationError, WsiDetectError
+    from napari_wsi_detect.evaluation.froc_io import load_detections
+
+    deep = '{"type": "FeatureCollection", "features": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for name in ("deep.geojson", "deep.json"):
+        (tmp_path / name).write_text(deep)
+    for reader, name in ((read_geojson, "deep.geojson"), (read_tumour_polygons, "deep.geojson"),
+                         (read_camelyon_json, "deep.json"), (read_tumour_polygons, "deep.json")):
+        with pytest.raises(AnnotationError, match="nested too deeply"):
+            reader(tmp_path / name)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "regions.geojson").write_text(deep)
+    with pytest.raises(WsiDetectError, match="nested too deeply"):
+        load_detections([run])
+
+
+def test_asap_with_only_dots_is_not_a_normal_slide(tmp_path, capsys):
+    from napari_wsi_detect.annotations.truth import read_tumour_polygons
+    from napari_wsi_detect.errors import AnnotationError
+
+    path = _asap(tmp_path / "Tumor_003.xml", [("Dot", [(100, 100)]), ("Dot", [(200, 300)])])
+    with pytest.raises(AnnotationError, match="only Dot annotations") as info:
+        read_tumour_polygons(path)
+    assert path.name in str(info.value)
+    (tmp_path / "Tumor_003.csv").write_text("0.9,100,100\n")
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(tmp_path / "Tumor_003.csv"),
+                         "--truth", str(path)], capsys)
+    assert rc == 2 and "only Dot annotations" in err and "FROC" not in out
+
+
+# ----------------------------------------------------------------------------------------
+# evaluation
+
+
+def _run_folder(folder: Path, slide: str, detections, mpp=None) -> Path:
+    folder.mkdir(parents=True)
+    feats = []
+    for p, x, y in detections:
+        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            _square(x - 50, y - 50, 100)]}, "properties": {"objectType": "detection",
+            "measurements": {"max_probability": p, "peak_x": x, "peak_y": y}}})
+    (folder / "regions.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                        "features": feats}))
+    slide_info = {"path": slide}
+    if mpp is not None:
+        slide_info["mpp"] = mpp
+    (folder / "summary.json").write_text(json.dumps({"slide": slide_info}))
+    return folder
+
+
+def _level5_mask(path: Path, shape, blocks, mpp=None, how="description") -> Path:
+    """A level-5 label mask; `mpp` (level-0) recorded in the phantom's description or in
+    the resolution tags."""
+    mask = np.zeros(shape, np.uint8)
+    for label, (r0, r1, c0, c1) in enumerate(blocks, start=1):
+        mask[r0:r1, c0:c1] = label
+    kwargs = {}
+    if mpp is not None and how == "description":
+        kwargs = {"description": json.dumps({"downsample": 32, "mpp": mpp * 32}),
+                  "metadata": None}
+    elif mpp is not None:
+        res = 1e4 / (mpp * 32)
+        kwargs = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, mask, **kwargs)
+    return path
+
+
+# A 16 x 16 cell lesion: 256 µm across at 0.5 µm/px, ~330 µm once grown by the 75 µm
+# rule (a metastasis); at 0.243 µm/px 124 µm, ~200 µm grown (an ITC, ignored).
+# Detections: one on it, one false positive far away.
+_LESION = (25, 41, 25, 41)
+_DETS = [(0.9, 33 * 32 + 5, 33 * 32 + 5), (0.5, 90 * 32, 90 * 32)]
+
+
+def _csv(path: Path, rows) -> Path:
+    path.write_text("prob,x,y\n" + "".join(f"{p},{x},{y}\n" for p, x, y in rows))
+    return path
+
+
+@pytest.mark.parametrize("how", ["description", "resolution"])
+def test_froc_uses_the_pixel_size_the_mask_records(tmp_path, capsys, how):
+    """At 0.5 µm/px the lesion counts; scoring it with the default 0.243 made it
+    an ITC ("no lesion larger than an ITC")."""
+    mask = _level5_mask(tmp_path / "s1.tumour-mask.tif", (100, 100), [_LESION], 0.5, how)
+    csv = _csv(tmp_path / "s1.csv", _DETS)
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(csv), "--truth", str(mask)],
+                        capsys)
+    assert rc == 0, err
+    assert "lesions: 1 (+0 ITC ignored)" in out and "0.5 µm/px" in out
+
+
+def test_froc_uses_the_pixel_size_the_run_records(tmp_path, capsys):
+    mask = _level5_mask(tmp_path / "s1.tumour-mask.tif", (100, 100), [_LESION])
+    run = _run_folder(tmp_path / "runs" / "s1", "/data/s1.tif", _DETS, mpp=0.5)
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(run), "--truth", str(mask),
+                         "--json", str(tmp_path / "out" / "froc.json")], capsys)
+    assert rc == 0, err
+    assert "lesions: 1 (+0 ITC ignored)" in out
+    saved = json.loads((tmp_path / "out" / "froc.json").read_text())
+    assert saved["pixel_sizes"]["s1"]["mpp"] == 0.5
+
+
+def test_froc_refuses_contradicting_pixel_sizes_unless_overridden(tmp_path, capsys):
+    mask = _level5_mask(tmp_path / "s1.tumour-mask.tif", (100, 100), [_LESION], 0.243)
+    run = _run_folder(tmp_path / "runs" / "s1", "/data/s1.tif", _DETS, mpp=0.5)
+    argv = ["evaluate", "froc", "--detections", str(run), "--truth", str(mask)]
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 2 and "disagree" in err and "0.243" in err and "0.5" in err
+    assert "FROC" not in out
+    rc, out, err = _cli(argv + ["--mpp", "0.5"], capsys)
+    assert rc == 0 and "overrides" in out and "lesions: 1 (+0 ITC ignored)" in out
+    rc, out, err = _cli(argv + ["--mpp", "0.243"], capsys)  # the official rule, explicitly
+    assert rc == 2 and "larger than an ITC" in err
+
+
+def test_froc_without_recorded_pixel_size_says_it_uses_0_243(tmp_path, capsys):
+    mask = _level5_mask(tmp_path / "s1.tumour-mask.tif", (100, 100), [(20, 70, 20, 70)])
+    csv = _csv(tmp_path / "s1.csv", _DETS)
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(csv), "--truth", str(mask)],
+                        capsys)
+    assert rc == 0, err
+    assert "no pixel size recorded for s1" in out and "0.243" in out
+
+
+@pytest.mark.parametrize("kind", ["tiled", "pyramid"])
+def test_froc_refuses_a_slide_given_as_truth(tmp_path, capsys, phantom_small, kind):
+    """An RGB slide as --truth was read as "everything is tumour" and printed a FROC."""
+    import shutil
+
+    if kind == "tiled":
+        slide = tmp_path / "s1.tif"
+        rgb = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+        tifffile.imwrite(slide, rgb, photometric="rgb")
+    else:
+        slide = tmp_path / "s1.tif"
+        shutil.copy(phantom_small, slide)
+    csv = _csv(tmp_path / "s1.csv", _DETS)
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(csv), "--truth", str(slide)],
+                        capsys)
+    assert rc == 2 and "not a tumour mask" in err and "FROC" not in out
+
+
+def test_mismatched_slide_ids_list_what_was_read(tmp_path, capsys):
+    mask = _level5_mask(tmp_path / "Tumor_001_Mask.tif", (100, 100), [_LESION])
+    csv = _csv(tmp_path / "tumor_01.csv", _DETS)
+    rc, out, err = _cli(["evaluate", "froc", "--detections", str(csv), "--truth", str(mask)],
+                        capsys)
+    assert rc == 2
+    assert "Detections were read for: tumor_01" in err
+    assert "ground truth was read for: Tumor_001" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "abc", "1e9"])
+def test_evaluate_mpp_is_checked_when_parsing(tmp_path, capsys, value):
+    from napari_wsi_detect.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "froc", "--detections", str(tmp_path), "--mpp", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--mpp" in err and "[0.01, 20] µm/px" in err and "Traceback" not in err
+
+
+def test_evaluate_outputs_checked_before_the_work(tmp_path, capsys):
+    mask = _level5_mask(tmp_path / "s1.tumour-mask.tif", (100, 100), [(20, 70, 20, 70)])
+    csv = _csv(tmp_path / "s1.csv", _DETS + [(0.3, 64 * 32, 10 * 32)])
+    base = ["evaluate", "froc", "--detections", str(csv), "--truth", str(mask)]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for flag, target, message in (("--json", blocker / "froc.json", "is a file"),
+                                  ("--plot", blocker / "sub" / "froc.png", "is a file"),
+                                  ("--json", tmp_path, "is a folder")):
+        rc, out, err = _cli(base + [flag, str(target)], capsys)
+        assert rc == 2 and message in err and "FROC" not in out, (flag, err)
+    # a missing folder is created
+    rc, out, err = _cli(base + ["--json", str(tmp_path / "new" / "dir" / "f.json"),
+                                "--plot", str(tmp_path / "new" / "p.png")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "new" / "dir" / "f.json").is_file() and (tmp_path / "new" / "p.png").is_file()
+
+
+@pytest.mark.parametrize(("value", "where"), [
+    ('"high"', "max_probability"), ("[0.5]", "max_probability"), ("true", "max_probability"),
+    ('"NaN"', "max_probability"),
+])
+def test_non_numeric_probability_in_run_regions(tmp_path, value, where):
+    from napari_wsi_detect.errors import WsiDetectError
+    from napari_wsi_detect.evaluation.froc_io import load_detections
+
+    run = _run_folder(tmp_path / "r", "/data/s.tif", [(0.5, 100, 100)])
+    text = (run / "regions.geojson").read_text().replace('"max_probability": 0.5',
+                                                         f'"max_probability": {value}')
+    (run / "regions.geojson").write_text(text)
+    with pytest.raises(WsiDetectError, match=where) as info:
+        load_detections([run])
+    assert "regions.geojson" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["high,100,200\n0.5,1,2\n", "prob,x,y\nhigh,100,200\n",
+                                  "prob,x,y\n0.5,abc,3\n", "prob,x,y\nnan,1,2\n"])
+def test_non_numeric_probability_in_csv(tmp_path, text):
+    """A first row "high,100,200" used to be skipped silently as if it were a header."""
+    from napari_wsi_detect.errors import WsiDetectError
+    from napari_wsi_detect.evaluation.froc_io import read_detection_csv
+
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(WsiDetectError, match="s.csv"):
+        read_detection_csv(path)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnnotationError
+from .geojson import MAX_COORDINATE, coordinate_too_large
 
 # ASAP type -> our kind. Rectangles are stored as their 4 corners; splines as their
 # control points joined by straight lines (ASAP draws a Catmull-Rom curve through them,
@@ -146,4 +147,7 @@ def _coordinates(el: ET.Element, file_name: str, name: str) -> np.ndarray:
     coords = np.array([(x, y) for _, x, y in rows], dtype=np.float64).reshape(-1, 2)
     if not np.all(np.isfinite(coords)):
         raise AnnotationError(f"{file_name}: annotation {name!r} has non-finite coordinates")
+    if coords.size and float(np.abs(coords).max()) > MAX_COORDINATE:
+        raise AnnotationError(coordinate_too_large(
+            f"{file_name}: annotation {name!r}", float(np.abs(coords).max())))
     return coords

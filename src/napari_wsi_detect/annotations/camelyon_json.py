@@ -4,7 +4,6 @@ in level-0 pixels. `positive` = tumour (`_0`, `_1`), `negative` = exclusion (`_2
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,17 +11,19 @@ import numpy as np
 
 from ..errors import AnnotationError
 from .asap import Annotation
+from .geojson import MAX_COORDINATE, coordinate_too_large, parse_json_bytes
 
 
 def read_camelyon_json(path: str | os.PathLike) -> list[Annotation]:
     """Polygons of an NCRF JSON file; group 'positive' (tumour) or 'negative' (exclusion)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise AnnotationError(f"annotation file not found: {path}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path.name} is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise AnnotationError(f"cannot read annotation file {path}: {exc}") from exc
+    data = parse_json_bytes(raw, path)
     if not isinstance(data, dict) or not ({"positive", "negative"} & set(data)):
         raise AnnotationError(
             f"{path.name}: expected a Camelyon JSON object with 'positive' and/or "
@@ -45,6 +46,12 @@ def read_camelyon_json(path: str | os.PathLike) -> list[Annotation]:
                 raise AnnotationError(
                     f"{path.name}: {group} polygon {name!r} must have >= 3 [x, y] vertices"
                 )
+            if not np.all(np.isfinite(coords)):
+                raise AnnotationError(
+                    f"{path.name}: {group} polygon {name!r} has non-finite coordinates")
+            if float(np.abs(coords).max()) > MAX_COORDINATE:
+                raise AnnotationError(coordinate_too_large(
+                    f"{path.name}: {group} polygon {name!r}", float(np.abs(coords).max())))
             out.append(
                 Annotation(name=name, group=group, kind="polygon", coords=coords,
                            type="Polygon")

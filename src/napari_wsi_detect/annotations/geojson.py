@@ -37,6 +37,10 @@ GEOMETRY_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polyg
 # Nesting depth of a geometry's "coordinates" down to a position [x, y].
 _DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2,
           "Polygon": 2, "MultiPolygon": 3}
+# Largest |coordinate| accepted, in level-0 px: 10 million px is 2.4 m at 0.243 µm/px,
+# far beyond any slide. Larger values are not pixel coordinates (or the file is damaged),
+# and rasterising them would try to allocate terabytes.
+MAX_COORDINATE = 10_000_000
 TUMOUR_CLASS = ("Tumor", (200, 0, 0))  # QuPath's built-in "Tumor" class and colour
 MITOSIS_CLASS = ("Mitosis", (255, 200, 0))
 IMPOSTER_CLASS = ("Imposter", (0, 160, 255))  # phantom look-alikes of mitoses (not QuPath's)
@@ -198,10 +202,22 @@ def load_geojson_object(path: str | os.PathLike) -> Any:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise AnnotationError(f"{path.name} is a damaged gzip file ({exc})") from exc
+    return parse_json_bytes(raw, path)
+
+
+def parse_json_bytes(raw: bytes, path: Path) -> Any:
+    """json.loads with every failure an AnnotationError naming `path` (a file nested
+    thousands of levels deep raises RecursionError in the parser)."""
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnnotationError(f"{path.name} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise AnnotationError(
+            f"{path.name} is nested too deeply to be an annotation file (JSON arrays or "
+            "objects inside each other thousands of levels deep); the file is damaged or "
+            "not an annotation export"
+        ) from exc
 
 
 def read_geojson(path: str | os.PathLike) -> list[Feature]:
@@ -323,7 +339,17 @@ def _position(p: Any, where: str) -> list[float]:
     for v in (x, y):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise AnnotationError(f"{where}: coordinate {v!r} is not a finite number")
+        if abs(v) > MAX_COORDINATE:
+            raise AnnotationError(coordinate_too_large(where, v))
     return [float(x), float(y)]
+
+
+def coordinate_too_large(where: str, value: float) -> str:
+    return (
+        f"{where}: coordinate {value:g} is beyond ±{MAX_COORDINATE:,} px; annotation "
+        "coordinates are level-0 pixels and no slide is that large (the file uses other "
+        "units or is damaged)"
+    )
 
 
 def _ring(ring: Any, where: str) -> list[list[float]]:

@@ -102,11 +102,21 @@ def _from_asap(path: Path) -> tuple[Polygons, Polygons]:
 
     tumour: Polygons = []
     exclusion: Polygons = []
-    for ann in read_asap_xml(path):
+    annotations = read_asap_xml(path)
+    for ann in annotations:
         if ann.kind != "polygon":
             continue  # dots and point sets carry no area
         group = (ann.group or "").strip().lower()
         (exclusion if group in EXCLUSION_CLASSES else tumour).extend(_ring_polygons(ann.coords))
+    if annotations and all(ann.kind != "polygon" for ann in annotations):
+        # Read as "no tumour" this would silently make the slide normal.
+        kinds = sorted({ann.type or ann.kind for ann in annotations})
+        raise AnnotationError(
+            f"{path.name} holds only {', '.join(kinds)} annotations ({len(annotations)}), "
+            "no tumour outlines: points carry no area, so they cannot say where the tumour "
+            "is. Draw the tumour as Polygon/Spline/Rectangle annotations; for a normal "
+            "slide give no annotation file (or list it as normal)"
+        )
     return tumour, exclusion
 
 

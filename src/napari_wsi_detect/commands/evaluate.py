@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
+from collections import Counter
 from pathlib import Path
 
 from .._atomic import write_json_atomic
@@ -66,11 +68,47 @@ def add_froc_arguments(p: argparse.ArgumentParser) -> None:
         "--unmatched-are-normal", action="store_true",
         help="treat every slide without ground truth as normal (the official script's rule)",
     )
-    p.add_argument("--mpp", type=float, default=0.243,
-                   help="level-0 µm/px used for the 75 µm growth and 275 µm ITC rule "
-                   "(the official script fixes 0.243)")
+    p.add_argument("--mpp", type=_mpp_arg, default=None, metavar="UM_PER_PX",
+                   help="level-0 µm/px for the 75 µm growth and 275 µm ITC rules, "
+                   "overriding the pixel size the runs (summary.json) and masks record; "
+                   "without it the recorded one is used, else 0.243 (the official script "
+                   "fixes 0.243 for every slide: pass --mpp 0.243 to reproduce it)")
     p.add_argument("--plot", metavar="PNG", help="write the FROC (and ROC) curves here")
     p.add_argument("--json", metavar="JSON", help="write every figure and the curves here")
+
+
+def _mpp_arg(text: str) -> float:
+    """argparse type of --mpp: a finite number in [0.01, 20] µm/px."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.01 <= value <= 20.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a level-0 pixel size in [0.01, 20] µm/px, got {text!r}")
+    return value
+
+
+def _check_output(path_text: str | None, flag: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder, under
+    a file, or in a folder without write permission. Missing folders are created."""
+    from ..evaluation.froc import EvaluationError
+
+    if not path_text:
+        return
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        raise EvaluationError(f"{flag} {path} is a folder; give a file name, e.g. {path}/"
+                              + ("froc.json" if flag == "--json" else "froc.png"))
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise EvaluationError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EvaluationError(f"{flag} {path}: no permission to write in {parent}")
 
 
 def _normal_ids(values: list[str]) -> list[str]:
@@ -88,15 +126,20 @@ def run_froc(args: argparse.Namespace) -> int:
     from ..evaluation.froc import EvaluationError, compute_froc
     from ..evaluation.froc_io import load_detections, load_truth, match_slides
 
-    if args.mpp <= 0:
-        raise EvaluationError(f"--mpp must be positive, got {args.mpp}")
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot")
     detections = load_detections(args.detections)
     truths = load_truth(args.truth, level0_mpp=args.mpp)
     matched = match_slides(detections, truths, _normal_ids(args.normal),
-                           args.unmatched_are_normal)
+                           args.unmatched_are_normal, mpp=args.mpp)
     for w in matched.warnings:
         print(f"warning: {w}")
     froc = compute_froc(matched.slides)
+    if matched.pixel_sizes:
+        counts = Counter(float(v["mpp"]) for v in matched.pixel_sizes.values())  # type: ignore[arg-type]
+        print("level-0 pixel size for the 75 µm / 275 µm rules: " + ", ".join(
+            f"{v:g} µm/px ({n} tumour slide{'s' if n != 1 else ''})"
+            for v, n in sorted(counts.items())))
 
     print(f"slides: {froc.n_slides} ({froc.n_tumour_slides} tumour, "
           f"{froc.n_slides - froc.n_tumour_slides} normal)")
@@ -116,7 +159,10 @@ def run_froc(args: argparse.Namespace) -> int:
     if args.plot:
         from ..evaluation.plots import plot_froc
 
-        print(f"plot: {plot_froc(froc, args.plot, roc)}")
+        try:
+            print(f"plot: {plot_froc(froc, args.plot, roc)}")
+        except OSError as exc:
+            raise EvaluationError(f"--plot {args.plot}: cannot write it ({exc})") from exc
     if args.json:
         out = {
             "froc": froc.to_dict(),
@@ -126,9 +172,13 @@ def run_froc(args: argparse.Namespace) -> int:
                 for s, sc, lab in zip(matched.slides, matched.slide_scores,
                                       matched.slide_labels, strict=True)
             },
-            "level0_mpp": args.mpp,
+            "level0_mpp": args.mpp,  # --mpp as given (null: recorded per slide)
+            "pixel_sizes": matched.pixel_sizes,
             "warnings": matched.warnings,
         }
-        path = write_json_atomic(args.json, out, indent=1)
+        try:
+            path = write_json_atomic(args.json, out, indent=1)
+        except OSError as exc:
+            raise EvaluationError(f"--json {args.json}: cannot write it ({exc})") from exc
         print(f"json: {path}")
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WsiDetectError
+from ..errors import AnnotationError, WsiDetectError
 
 L0_RESOLUTION = 0.243  # µm per level-0 pixel, fixed by the official script
 EVALUATION_LEVEL = 5
@@ -38,10 +38,27 @@ EVALUATION_DOWNSAMPLE = 2**EVALUATION_LEVEL
 GROWTH_UM = 75.0  # "the equivalent size of 5 tumour cells"
 ITC_MAJOR_AXIS_UM = 275.0
 EVAL_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Largest evaluation mask (cells at downsample 32) built from a mask file or polygons:
+# 2^28 cells is a 16384² level-5 grid (524k² level-0 px, several times any slide); the
+# labels then take 1 GiB. Larger extents come from wrong coordinates, not slides.
+MAX_EVAL_MASK_CELLS = 2**28
 
 
 class EvaluationError(WsiDetectError):
     """An evaluation cannot be computed from the inputs given (no lesions, no slides…)."""
+
+
+def check_level0_mpp(level0_mpp: float) -> float:
+    """`level0_mpp` as a float, or EvaluationError when it is not a plausible pixel size."""
+    try:
+        value = float(level0_mpp)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or not 0.01 <= value <= 20.0:
+        raise EvaluationError(
+            f"the level-0 pixel size must be a number in [0.01, 20] µm/px, got {level0_mpp!r}"
+        )
+    return value
 
 
 def growth_threshold_px(level0_mpp: float = L0_RESOLUTION, downsample: int = 32) -> float:
@@ -50,12 +67,12 @@ def growth_threshold_px(level0_mpp: float = L0_RESOLUTION, downsample: int = 32)
     The official script uses 75 / (resolution · 2^level · 2): 37.5 µm on each side, so
     two lesions closer than 75 µm merge. Kept exactly so scores are comparable.
     """
-    return GROWTH_UM / (level0_mpp * downsample * 2)
+    return GROWTH_UM / (check_level0_mpp(level0_mpp) * downsample * 2)
 
 
 def itc_threshold_px(level0_mpp: float = L0_RESOLUTION, downsample: int = 32) -> float:
     """Major-axis length (mask px) under which a lesion is an ITC (275 µm)."""
-    return ITC_MAJOR_AXIS_UM / (level0_mpp * downsample)
+    return ITC_MAJOR_AXIS_UM / (check_level0_mpp(level0_mpp) * downsample)
 
 
 # --------------------------------------------------------------------------------------
@@ -126,21 +143,50 @@ def rasterise_polygons(
     shape: tuple[int, int],
     exclusion_polygons: Sequence[PolygonLike] = (),
     downsample: int = EVALUATION_DOWNSAMPLE,
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Binary tumour mask (rows, cols) at `downsample`: a mask pixel is tumour when its
     centre (level-0 `(c + 0.5)·downsample`) lies inside a tumour polygon and inside no
     hole or exclusion polygon. Exclusions are drawn last, as ASAP does for the Camelyon16
-    masks (`_2` painted 0 over `_0`/`_1`)."""
+    masks (`_2` painted 0 over `_0`/`_1`). `origin` is the (row, col) of mask[0, 0] on
+    the full grid at `downsample` (a window onto it; default the grid itself)."""
+    check_mask_cells(shape, "the polygons")
     mask = np.zeros(shape, dtype=bool)
     for geom in tumour_polygons:
         for exterior, holes in _rings(geom):
-            _fill(mask, exterior, True, downsample)
+            _fill(mask, exterior, True, downsample, origin)
             for hole in holes:
-                _fill(mask, hole, False, downsample)
+                _fill(mask, hole, False, downsample, origin)
     for geom in exclusion_polygons:
         for exterior, _holes in _rings(geom):
-            _fill(mask, exterior, False, downsample)
+            _fill(mask, exterior, False, downsample, origin)
     return mask
+
+
+def check_mask_cells(shape: tuple[int, int], what: str) -> None:
+    """AnnotationError when a mask of `shape` cells would exceed MAX_EVAL_MASK_CELLS."""
+    h, w = (int(v) for v in shape)
+    if h * w > MAX_EVAL_MASK_CELLS:
+        raise AnnotationError(
+            f"{what} span a {w} x {h} cell evaluation mask at downsample "
+            f"{EVALUATION_DOWNSAMPLE} ({h * w / 2**30:.1f} Gcells; the limit is "
+            f"{MAX_EVAL_MASK_CELLS / 2**30:.2f}): no slide is that large, so the "
+            "coordinates are not level-0 pixels of one slide (other units, or a damaged file)"
+        )
+
+
+def polygons_extent(polygons: Sequence[PolygonLike]) -> tuple[float, float, float, float] | None:
+    """(min_x, min_y, max_x, max_y) level-0 of the polygons' exteriors, None if empty."""
+    lo = np.array([np.inf, np.inf])
+    hi = np.array([-np.inf, -np.inf])
+    for geom in polygons:
+        for exterior, _holes in _rings(geom):
+            if len(exterior):
+                lo = np.minimum(lo, exterior.min(axis=0))
+                hi = np.maximum(hi, exterior.max(axis=0))
+    if not np.all(np.isfinite(lo)):
+        return None
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
 def evaluation_mask_from_polygons(
@@ -163,14 +209,11 @@ def evaluation_mask_from_polygons(
             int(math.ceil(width / downsample)),
         )
     else:
-        max_x = max_y = 0.0
-        for geom in list(tumour_polygons):
-            for exterior, _holes in _rings(geom):
-                if len(exterior):
-                    max_x = max(max_x, float(np.max(exterior[:, 0])))
-                    max_y = max(max_y, float(np.max(exterior[:, 1])))
+        extent = polygons_extent(list(tumour_polygons))
+        max_x, max_y = (max(extent[2], 0.0), max(extent[3], 0.0)) if extent else (0.0, 0.0)
         margin = int(math.ceil(growth_threshold_px(level0_mpp, downsample))) + 4
         shape = (int(max_y // downsample) + margin, int(max_x // downsample) + margin)
+    check_mask_cells(shape, "the tumour polygons")
     binary = rasterise_polygons(tumour_polygons, shape, exclusion_polygons, downsample)
     return evaluation_mask_from_mask(binary, level0_mpp, downsample)
 
@@ -198,15 +241,16 @@ def _rings(geom: PolygonLike) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     return [(coords, [])]
 
 
-def _fill(mask: np.ndarray, ring: np.ndarray, value: bool, downsample: int) -> None:
+def _fill(mask: np.ndarray, ring: np.ndarray, value: bool, downsample: int,
+          origin: tuple[int, int] = (0, 0)) -> None:
     from skimage.draw import polygon as draw_polygon
 
     if len(ring) < 3:
         return
     # skimage fills pixels whose integer centre is inside; mask pixel c has its centre at
     # level-0 (c + 0.5)·downsample, i.e. at c in the scaled-and-shifted frame below.
-    cols = ring[:, 0] / downsample - 0.5
-    rows = ring[:, 1] / downsample - 0.5
+    cols = ring[:, 0] / downsample - 0.5 - origin[1]
+    rows = ring[:, 1] / downsample - 0.5 - origin[0]
     rr, cc = draw_polygon(rows, cols, shape=mask.shape)
     mask[rr, cc] = value
 
