@@ -168,6 +168,20 @@ def test_sampled_tissue_mask_agrees_with_full_read(phantom_small, monkeypatch):
     assert abs(sampled.tissue_fraction - full.tissue_fraction) < 0.1
 
 
+def test_tissue_mask_from_the_stored_thumbnail_when_no_level_is_small(tmp_path,
+                                                                       monkeypatch):
+    from napari_wsi_detect.slide import tissue
+
+    path = fake_svs(tmp_path / "ok.svs", corrupt_first_tile=False)
+    monkeypatch.setattr(tissue, "MAX_TISSUE_READ_PX", 1)
+    with open_slide(path) as slide:
+        assert "thumbnail" in slide.associated_names
+        monkeypatch.setattr(slide, "read_region",
+                            lambda *a: pytest.fail("read the slide, not its thumbnail"))
+        tm = tissue.compute_tissue_mask(slide)
+    assert tm.shape == (128, 128) and tm.downsample == pytest.approx(8.0)
+
+
 def test_tissue_mask_without_mpp_respects_2048_cap(tmp_path):
     """No pixel size: the mask's longest side stays <= 2048 (was 3000 here: the level
     factor was floored)."""

@@ -333,6 +333,14 @@ def _parse_measurements(value: Any, where: str) -> dict[str, float]:
 
 
 def _position(p: Any, where: str) -> list[float]:
+    # Fast path (files with 10⁵-10⁶ vertices): plain numbers within bounds. NaN and ±inf
+    # fail the comparisons and take the checked path below.
+    if type(p) is list and len(p) >= 2:
+        x, y = p[0], p[1]
+        if type(x) in (float, int) and type(y) in (float, int):
+            fx, fy = float(x), float(y)
+            if -MAX_COORDINATE <= fx <= MAX_COORDINATE and -MAX_COORDINATE <= fy <= MAX_COORDINATE:
+                return [fx, fy]
     if not isinstance(p, list) or len(p) < 2:
         raise AnnotationError(f"{where}: a position must be [x, y], found {p!r}")
     x, y = p[0], p[1]
