@@ -88,6 +88,19 @@ def set_control_value(ctl: Any, value: float, steps: int = 6, pause_s: float = 0
         ctl.setValue(value)
 
 
+def tiles_done(widget: Any) -> int:
+    """ROIs finished so far, read from the widget's status text ("ROI k of n")."""
+    import re
+
+    from qtpy.QtWidgets import QLabel
+
+    for label in widget.findChildren(QLabel):
+        m = re.search(r"ROI (\d+) of \d+", label.text())
+        if m:
+            return int(m.group(1))
+    return 0
+
+
 def region_count(widget: Any) -> Any:
     """Number of detections shown (whatever the widget calls its result)."""
     state = getattr(widget, "_current_state", None)
@@ -109,9 +122,10 @@ def zoom_screenshot(viewer: Any, screenshot: Any, wait: Any, factor: float = 8.0
     layer = shapes[-1]
     biggest = max(layer.data, key=len)
     centre = layer.data_to_world(np.asarray(biggest)[:, -2:].mean(axis=0))
-    zoom = viewer.camera.zoom
-    viewer.camera.center = tuple(centre[-2:])
-    viewer.camera.zoom = zoom * factor
+    camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
+    zoom = camera.zoom
+    camera.center = tuple(centre[-2:])
+    camera.zoom = zoom * factor
     wait(0.5)
     screenshot("zoomed-in")
     viewer.reset_view()
@@ -136,6 +150,8 @@ class GapRecorder:
         self.phase = "setup"
         self.gaps: list[tuple[str, float, float]] = []  # (phase, start, seconds)
         self.samples: dict[float, list[tuple[str, str]]] = collections.defaultdict(list)
+        self.others: dict[float, list[str]] = {}
+        self.t0 = time.perf_counter()
         self._last = time.perf_counter()
         self._main = threading.get_ident()
         self._stop = threading.Event()
@@ -169,10 +185,16 @@ class GapRecorder:
             last = self._last
             if time.perf_counter() - last < STALL_SAMPLE_S:
                 continue
-            frame = sys._current_frames().get(self._main)
+            frames = sys._current_frames()
+            frame = frames.get(self._main)
             if frame is None:
                 continue
             self.samples[last].append(_culprits(traceback.extract_stack(frame)))
+            if len(self.samples[last]) == 1:  # what the other threads were doing then
+                names = {t.ident: t.name for t in threading.enumerate()}
+                self.others[last] = [
+                    f"{names.get(tid, tid)}: {_top_frame(f)}" for tid, f in frames.items()
+                    if tid not in (self._main, threading.get_ident())]
 
     def summary(self) -> dict[str, Any]:
         by_phase: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
@@ -207,12 +229,21 @@ class GapRecorder:
             samples = self.samples.get(start, [])
             out.append({
                 "phase": phase, "ms": round(dt * 1000, 1), "samples": len(samples),
+                "at_s": round(start - self.t0, 2), "other_threads": self.others.get(start, []),
                 "in": [f"{k} x{n}" for k, n in
                        collections.Counter(s[0] for s in samples).most_common(2)],
                 "napari": [f"{k} x{n}" for k, n in
                            collections.Counter(s[1] for s in samples).most_common(3)],
             })
         return out
+
+
+def _top_frame(frame: Any) -> str:
+    """file:function:line of the innermost frame outside the standard library."""
+    for f in reversed(traceback.extract_stack(frame)):
+        if "/lib/python3" not in f.filename or "site-packages" in f.filename:
+            return f"{Path(f.filename).name}:{f.name}:{f.lineno}"
+    return "(idle)"
 
 
 def _culprits(stack: traceback.StackSummary) -> tuple[str, str]:
@@ -324,17 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers.events.inserted.connect(on_inserted)
 
     rec.set_phase("run start")
-    t0 = time.perf_counter()
+    t0 = rec.t0 = time.perf_counter()  # stall times are given from the click
     QTest.mouseClick(widget.detect_button, Qt.MouseButton.LeftButton)
     shot_done = [shots is None]
 
     def poll() -> None:
         if not shot_done[0] and rec.phase == "tiles":
-            heat = getattr(widget, "heatmap_layer", None)
-            bar = getattr(widget, "_progress", None)
-            n = getattr(bar, "n", 0) if bar is not None else 0
+            n = tiles_done(widget)
             tiles_seen[0] = n
-            if heat is not None and n >= args.shot_after_tiles:
+            if n >= args.shot_after_tiles:
                 shot_done[0] = True
                 screenshot("run-in-progress")
 
@@ -355,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if shots is not None:
         viewer.reset_view()
         screenshot("run-finished")
+        rec.set_phase("screenshot")  # the zoom (slide tiles loading) is not our handlers
         zoom_screenshot(viewer, screenshot, wait)
+        rec.set_phase("after run")
+        wait(1.0)
 
     ctl = find_threshold_control(widget)
     swap: list[float] = []
@@ -386,10 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{phase:<18}{s['ticks']:>7}{s['p50_ms']:>8.1f}{s['p99_ms']:>8.1f}"
               f"{s['max_ms']:>8.1f}{s['over_100ms']:>8}  {s['longest_in']}  |  "
               f"{s['longest_napari']}")
-    print("\nstalls over 100 ms (stack samples every 5 ms):")
+    print("\nstalls over 100 ms (stack samples every 5 ms; few samples for a long stall "
+          "= another thread held the GIL):")
     for st in rec.stalls():
-        print(f"  {st['phase']:<16} {st['ms']:>7.1f} ms  {', '.join(st['in'])}  |  "
-              f"{', '.join(st['napari'])}")
+        print(f"  {st['phase']:<16} {st['ms']:>7.1f} ms at {st['at_s']:>6.1f} s, "
+              f"{st['samples']} samples  {', '.join(st['in'])}  |  {', '.join(st['napari'])}")
     if callback:
         print("widget's longest handling per event (ms):",
               {k: round(v * 1000) for k, v in callback.items()})
