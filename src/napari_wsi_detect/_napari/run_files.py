@@ -35,11 +35,9 @@ def run_key(detector: Any, model: str, options: dict[str, Any]) -> tuple[str, st
     JSON only (no weights), so the widget knows before a run whether a store fits."""
     from napari_wsi_detect.detectors.job import model_identity
     from napari_wsi_detect.engine.run import Normalisation
-    from napari_wsi_detect.models.io import _find_pair, read_config
+    from napari_wsi_detect.models.io import load_config
 
-    json_path, _ = _find_pair(model)
-    config = read_config(json_path)
-    config["_json_path"] = str(json_path)
+    config = load_config(model)
     detector.check_model(config)
     fp = detector.fingerprint(config, options, Normalisation.from_config(config).to_dict())
     return model_identity(config, model), json.dumps(json.loads(json.dumps(fp)), sort_keys=True)

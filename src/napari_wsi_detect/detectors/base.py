@@ -92,13 +92,10 @@ class Detector:
 
     def model_problem(self, model: str) -> str | None:
         """Why `model` cannot be used (None when it can); cheap: reads only the JSON."""
-        from ..models.io import _find_pair, read_config
+        from ..models.io import load_config
 
         try:
-            json_path, _ = _find_pair(model)
-            config = read_config(json_path)
-            config.setdefault("_json_path", str(json_path))
-            self.check_model(config)
+            self.check_model(load_config(model))
         except Exception as exc:  # shown to the user as the reason, never raised
             return str(exc)
         return None

@@ -418,6 +418,15 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], config: dict,
             )
 
 
+def load_config(name_or_path: str | os.PathLike = "demo") -> dict:
+    """The validated JSON config of a model (same names as `load_model`), without
+    reading its weights; `_json_path` says where it came from."""
+    json_path, _ = _find_pair(name_or_path)
+    config = read_config(json_path)
+    config["_json_path"] = str(json_path)
+    return config
+
+
 def load_model(name_or_path: str | os.PathLike = "demo", device: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict]:
     """(network in eval mode on `device`, config dict) from a model file.
