@@ -171,7 +171,7 @@ def test_clicking_detect_fills_the_planned_cells_then_sliders_redraw(widget, vie
         _wait_idle(qtbot, widget)
         layer = viewer.layers["metastases"]
         assert (len(set(layer.features["region"])) if layer.nshapes else 0) == n
-        assert f"{n} metasta" in widget.score_label.text()
+        assert f"{n} metastasis region" in widget.score_label.text()
     assert widget.last_outcome.done == done_before  # sliders never ran the network
 
     click(widget.defaults_button)

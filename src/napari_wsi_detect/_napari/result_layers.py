@@ -31,7 +31,8 @@ class SlideResult:
     result: Any = None  # detectors.result.DetectionResult
     out_dir: Path | None = None  # the run folder the store lives in
     heatmap: Any = None  # heatmap_layer.LiveHeatmap
-    regions_layer: Any = None
+    regions_layer: Any = None  # the primary result layer (Shapes, Points, ...)
+    extra_layers: list[Any] = field(default_factory=list)  # companions (hotspot, mask)
     edited: bool = False
     updating: bool = False  # the widget itself is changing the layer
     notes: list[str] = field(default_factory=list)
@@ -59,12 +60,42 @@ def keep_as_previous(viewer: Any, state: SlideResult, describe: str) -> list[str
     """Rename the current result's layers "(previous: …)" and detach them from `state`."""
     kept = []
     for layer in (state.heatmap.layer if state.heatmap is not None else None,
-                  state.regions_layer):
+                  state.regions_layer, *state.extra_layers):
         if layer is not None and layer in viewer.layers:
             layer.name = f"{layer.name} (previous: {describe})"
             kept.append(layer.name)
     state.heatmap, state.regions_layer, state.result, state.edited = None, None, None, False
+    state.extra_layers = []
     return kept
+
+
+def replace_companions(viewer: Any, old: list[Any], new: list[Any]) -> list[Any]:
+    """Swap the companion layers of a result (hotspot, label mask) for `new`: a layer
+    of the same name and type gets the new data in place (its controls and texture are
+    reused), the others are removed or added. Returns the layers now shown."""
+    by_name = {layer.name: layer for layer in old if layer in viewer.layers}
+    shown = []
+    for layer in new:
+        was = by_name.pop(layer.name, None)
+        if was is not None and type(was) is type(layer) and _refresh(was, layer):
+            shown.append(was)
+            continue
+        if was is not None:
+            viewer.layers.remove(was)
+        shown.append(viewer.add_layer(layer))
+    for layer in by_name.values():
+        viewer.layers.remove(layer)
+    return shown
+
+
+def _refresh(old: Any, new: Any) -> bool:
+    from napari.layers import Labels
+
+    if isinstance(new, Labels) and old.data.shape == new.data.shape:
+        old.data = new.data
+        old.metadata = dict(new.metadata)
+        return True
+    return False
 
 
 def watch_edits(state: SlideResult, on_edit: Any) -> None:

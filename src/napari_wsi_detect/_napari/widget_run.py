@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from typing import Any
 
@@ -56,8 +55,10 @@ class RunEventsMixin:
         from napari.utils import progress
 
         from napari_wsi_detect._napari.heatmap_layer import LiveHeatmap
+        from napari_wsi_detect.detectors import get_detector
 
-        state, det = self._running_state, self.detector
+        state = self._running_state
+        det = get_detector(state.task)
         if not ev.resumed:
             self._set_values(ev.params)  # the model's defaults for a fresh map
         old = state.heatmap
@@ -85,7 +86,7 @@ class RunEventsMixin:
         text = f"ROI {tile.done} of {tile.total}{eta}"
         bar = self._progress  # set_description may process events, "finished" included
         if bar is not None:
-            bar.set_description(f"Detecting {self.detector.task}: {text}")
+            bar.set_description(f"Detecting {self._running_state.task}: {text}")
             bar.update(1)
         self.status_label.setText(text)
 
@@ -179,27 +180,32 @@ class RunEventsMixin:
             if kept:
                 self.status_label.setText(
                     f"Your edited layer was kept as '{kept}'; the new values go to a new layer.")
+        # The sliders shown belong to the chosen task; a result of another task keeps its own.
+        values = (self.values() if state.result.task == self.detector.task
+                  else state.result.values())
         mpp = state.slide_layer.metadata.get("mpp")
         name = (state.regions_layer.name if state.regions_layer is not None
-                else rl.unique_name(self.viewer, self.detector.layer_name, state.slide_layer))
+                else rl.unique_name(self.viewer, state.result.detector.layer_name, state.slide_layer))
         self._post_worker = create_worker(
-            _postprocess, state.result, self.values(), mpp, name, _start_thread=False,
+            _postprocess, state.result, values, mpp, name, _start_thread=False,
             _connect={"returned": functools.partial(self._on_regions, state),
                       "errored": self._show_error, "finished": self._on_post_finished})
         self._post_worker.start()
 
-    def _on_regions(self, state: rl.SlideResult, layer_data: tuple) -> None:
+    def _on_regions(self, state: rl.SlideResult, layers: list) -> None:
         from napari.layers import Layer
 
-        new = Layer.create(*layer_data)
+        primary, *companions = [Layer.create(*data) for data in layers]
         old = state.regions_layer
         state.updating = True
         try:
-            if not (old is not None and old in self.viewer.layers and _refill(old, new)):
+            if not (old is not None and old in self.viewer.layers and _refill(old, primary)):
                 if old is not None and old in self.viewer.layers:
                     self.viewer.layers.remove(old)
-                self.viewer.add_layer(new)
-                state.regions_layer = new
+                self.viewer.add_layer(primary)
+                state.regions_layer = primary
+            state.extra_layers = rl.replace_companions(self.viewer, state.extra_layers,
+                                                       companions)
             rl.watch_edits(state, self._on_edited)
             rl.reset_feature_defaults(state.regions_layer)
         finally:
@@ -213,12 +219,9 @@ class RunEventsMixin:
             "Result layer edited: slider changes now go to a new layer (your edits stay).")
 
     def _set_score(self, state: rl.SlideResult) -> None:
-        det = state.result.detections
-        text = "–" if not math.isfinite(det.score) else f"{det.score:.3f}"
-        n = len(det)
-        what = self.detector.layer_name if n != 1 else self.detector.layer_name.rstrip("s")
-        self.score_label.setText(f"Slide score: {text}   ·   {n} {what}"
-                                 + ("" if state.result.complete else "   ·   (partial map)"))
+        result = state.result
+        text = result.detector.headline(result.detections)
+        self.score_label.setText(text + ("" if result.complete else "   ·   (partial map)"))
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -227,19 +230,24 @@ class RunEventsMixin:
             self.update_regions()
 
 
-def _postprocess(result: Any, values: dict[str, Any], mpp: float | None, name: str) -> tuple:
-    """Worker-thread half of `update_regions`: detections and the layer data."""
-    from napari_wsi_detect._napari.shapes_io import regions_to_layer_data
+def _postprocess(result: Any, values: dict[str, Any], mpp: float | None, name: str
+                 ) -> list:
+    """Worker-thread half of `update_regions`: detections, then their layer data (the
+    primary result layer first; see result_kinds)."""
+    from napari_wsi_detect._napari.result_kinds import layer_data
 
     result.postprocess(**values)
-    return regions_to_layer_data(result.regions, mpp, name=name,
-                                 metadata={"parameters": values,
-                                           "slide_score": result.slide_score})
+    return layer_data(result, values, mpp, name)
 
 
 def _refill(old: Any, new: Any) -> bool:
-    """Replace the shapes, features and colours of Shapes layer `old` by those of `new`;
-    False (and `old` untouched) when they are not compatible."""
+    """Replace the content of result layer `old` by that of `new` in place (its Qt
+    controls and vispy node are reused); False (and `old` untouched) when they are not
+    compatible."""
+    from napari.layers import Shapes
+
+    if type(old) is not type(new) or not isinstance(new, Shapes):
+        return False
     if set(old.features.columns) != set(new.features.columns) or new.nshapes == 0:
         return False
     old.selected_data = set()

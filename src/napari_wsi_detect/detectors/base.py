@@ -18,6 +18,7 @@ cancel, timings, result, atomic writes), identically for every task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ class Detector:
     layer_name: str = ""  # the napari result layer ("metastases")
     heatmap_name: str = ""  # the napari heatmap layer ("metastasis heatmap")
     results_file: str = "regions.geojson"
+    item_names: tuple[str, str] = ("detection", "detections")  # singular, plural
     bundled_note: str = ""  # said in the widget when the bundled demo model is used
 
     # -- schema -------------------------------------------------------------------------------
@@ -139,3 +141,11 @@ class Detector:
 
     def summary_items(self, detections: Detections) -> dict[str, Any]:
         return {"count": len(detections)}
+
+    def headline(self, detections: Detections) -> str:
+        """One line for the widget: what was found (a detector overrides it to show its
+        own clinical numbers, e.g. mitoses per mm²)."""
+        score = detections.score
+        text = f"{score:.3f}" if math.isfinite(score) else "–"
+        n = len(detections)
+        return f"Slide score: {text}   ·   {n} {self.item_names[n != 1]}"

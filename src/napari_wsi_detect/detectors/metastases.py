@@ -45,6 +45,7 @@ class MetastasisDetector(Detector):
     layer_name = "metastases"
     heatmap_name = "metastasis heatmap"
     results_file = "regions.geojson"
+    item_names = ("metastasis region", "metastasis regions")
     bundled_note = ("The bundled demo model was trained on synthetic (phantom) slides only: "
                     "its scores on real tissue are not meaningful.")
 
