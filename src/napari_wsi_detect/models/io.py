@@ -29,6 +29,8 @@ from .._atomic import sha256_file as _sha256
 from ..errors import ModelFileError
 from .device import resolve_device
 from .scannet import PATCH, STRIDE, ScanNetFCN
+from .segmitos import ARCHITECTURE as SEGMITOS
+from .segmitos import HALO, OUTPUT_STRIDE, build_segmitos
 
 FORMAT_VERSION = 1
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -49,7 +51,8 @@ def _build_scannet(config: dict) -> nn.Module:
 
 
 # architecture name -> builder(config) -> nn.Module (weights not loaded)
-ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"scannet-fcn": _build_scannet}
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"scannet-fcn": _build_scannet,
+                                                          SEGMITOS: build_segmitos}
 
 
 def register_architecture(name: str, builder: Callable[[dict], nn.Module]) -> None:
@@ -479,6 +482,12 @@ def geometry(config: dict) -> tuple[int, int]:
     if config.get("architecture") == "scannet-fcn" and (patch, stride) != (PATCH, STRIDE):
         raise ModelFileError(
             f"a scannet-fcn model has patch {PATCH} and stride {STRIDE}; the config says "
+            f"patch {patch}, stride {stride}"
+        )
+    seg = (OUTPUT_STRIDE + 2 * HALO, OUTPUT_STRIDE)
+    if config.get("architecture") == SEGMITOS and (patch, stride) != seg:
+        raise ModelFileError(
+            f"a {SEGMITOS} model has patch {seg[0]} and stride {seg[1]}; the config says "
             f"patch {patch}, stride {stride}"
         )
     return patch, stride
