@@ -28,6 +28,7 @@ from .._atomic import atomic_paths
 from .._atomic import sha256_file as _sha256
 from ..errors import ModelFileError
 from .device import resolve_device
+from .h2g import build_h2g
 from .scannet import PATCH, STRIDE, ScanNetFCN
 from .segmitos import ARCHITECTURE as SEGMITOS
 from .segmitos import HALO, OUTPUT_STRIDE, build_segmitos
@@ -52,7 +53,8 @@ def _build_scannet(config: dict) -> nn.Module:
 
 # architecture name -> builder(config) -> nn.Module (weights not loaded)
 ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"scannet-fcn": _build_scannet,
-                                                          SEGMITOS: build_segmitos}
+                                                          SEGMITOS: build_segmitos,
+                                                          "h2g-net": build_h2g}
 
 
 def register_architecture(name: str, builder: Callable[[dict], nn.Module]) -> None:
