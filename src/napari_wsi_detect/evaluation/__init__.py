@@ -22,6 +22,10 @@ _LAZY = {
     "plot_froc": "napari_wsi_detect.evaluation.plots",
     "load_detections": "napari_wsi_detect.evaluation.froc_io",
     "load_truth": "napari_wsi_detect.evaluation.froc_io",
+    "CaseEval": "napari_wsi_detect.evaluation.detection",
+    "F1Result": "napari_wsi_detect.evaluation.detection",
+    "evaluate_f1": "napari_wsi_detect.evaluation.detection",
+    "plot_f1_curve": "napari_wsi_detect.evaluation.detection",
 }
 
 __getattr__, __all__ = attach(__name__, _LAZY)
