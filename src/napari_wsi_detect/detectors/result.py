@@ -31,6 +31,15 @@ SUMMARY_KEYS = (
 )
 
 
+def _postprocess(detector: Any, heatmap: np.ndarray, geometry: Any, values: dict[str, Any],
+                 maps: dict[str, Any]) -> Detections:
+    """A detector with `extra_maps` also gets the stored ones as `maps=` (possibly
+    empty: a cancelled run has no refinement); the others are called as before."""
+    if getattr(detector, "extra_maps", ()):
+        return detector.postprocess(heatmap, geometry, values, maps=maps)
+    return detector.postprocess(heatmap, geometry, values)
+
+
 @dataclass
 class DetectionResult:
     """A detection on one slide. `heatmap` is the float32 map (rows, cols), NaN where
@@ -49,12 +58,18 @@ class DetectionResult:
     rois_planned: int = 0
     rois_pending: int = 0
     out_dir: Path | None = None
+    # maps the detector's `finish` stored beside the heatmap (engine/maps.py), e.g. the
+    # tumour detector's refined map; passed to its postprocess as `maps=`
+    maps: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, detector: Any, heatmap: np.ndarray, prep: Any, params: dict[str, Any],
               timings: dict[str, Any], slide: Any, store: Any, pending: int, *,
               device: str, use_tissue: bool) -> DetectionResult:
-        detections = detector.postprocess(heatmap, prep.geometry, params)
+        from ..engine.maps import read_maps
+
+        maps = read_maps(store, getattr(detector, "extra_maps", ()) or ())
+        detections = _postprocess(detector, heatmap, prep.geometry, params, maps)
         timings["postprocess_s"] = round(detections.seconds, 4)
         h0, w0 = slide.levels[0].shape[:2]
         tissue = prep.tissue
@@ -79,7 +94,8 @@ class DetectionResult:
                                 else None),
         }
         return cls(detector.task, heatmap, prep.geometry, detections, timings,
-                   prep.config, parameters, slide_info, store, len(prep.rois), pending)
+                   prep.config, parameters, slide_info, store, len(prep.rois), pending,
+                   maps=maps)
 
     # -- views --------------------------------------------------------------------------------
     @property
@@ -108,7 +124,8 @@ class DetectionResult:
         """Re-run post-processing only (slider moves; never the network) with `values`
         changed; updates `detections`/`parameters` and returns the items."""
         new = self.detector.defaults(None, {**self.values(), **values})
-        self.detections = self.detector.postprocess(self.heatmap, self.geometry, new)
+        self.detections = _postprocess(self.detector, self.heatmap, self.geometry, new,
+                                       self.maps)
         self.parameters.update(new)
         self.timings["postprocess_s"] = round(self.detections.seconds, 4)
         return self.detections.items
