@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "detect",
     "evaluate",
     "train",
+    "batch",
     "bench",
     "demo",
 ]
