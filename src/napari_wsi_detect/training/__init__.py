@@ -45,6 +45,8 @@ _LAZY = {
 TRAINING_TASKS: dict[str, tuple[str, str, str]] = {
     "metastases": (f"{_P}.metastases:TrainConfig", f"{_P}.metastases:train_metastases",
                    "Fast ScanNet metastasis classifier (244 px patches)"),
+    "mitoses": (f"{_P}.mitoses:MitosisTrainConfig", f"{_P}.mitoses:train_mitoses",
+                "SegMitos mitosis segmenter (MIDOG 2021 crops, concentric loss)"),
 }
 
 
