@@ -15,6 +15,8 @@ _LAZY = {
     "check_qupath_geojson": "napari_wsi_detect.annotations.geojson",
     "read_asap_xml": "napari_wsi_detect.annotations.asap",
     "read_camelyon_json": "napari_wsi_detect.annotations.camelyon_json",
+    "PointSet": "napari_wsi_detect.annotations.point_truth",
+    "read_point_sets": "napari_wsi_detect.annotations.point_truth",
 }
 
 __getattr__, __all__ = attach(__name__, _LAZY)
