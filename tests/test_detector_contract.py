@@ -30,7 +30,20 @@ def _scannet(path, **extra):
                       {"mpp": 0.243, "task": "metastases", **extra})[0]
 
 
-TEST_MODELS = {"metastases": _scannet}
+def _h2g(path, **extra):
+    import torch
+
+    from napari_wsi_detect.models.h2g import H2GNet
+    from napari_wsi_detect.models.io import save_model
+
+    torch.manual_seed(0)
+    # 32 px patches at 0.243 µm/px (the real model: 256 at ~1 µm/px) so that the 512 px
+    # region spans several ROIs; a 64² refinement keeps the U-Net cheap.
+    net = H2GNet(width=0.1, unet_width=2, refine_size=64, patch=32)
+    return save_model(net, path, {"mpp": 0.243, "task": "tumour", **extra})[0]
+
+
+TEST_MODELS = {"metastases": _scannet, "tumour": _h2g}
 
 
 def test_every_registered_detector_has_a_test_model() -> None:

@@ -13,6 +13,8 @@ from ..errors import WsiDetectError
 # task -> "module:Class"; imported on first use so `import napari_wsi_detect` stays light.
 _REGISTRY: dict[str, str] = {
     "metastases": "napari_wsi_detect.detectors.metastases:MetastasisDetector",
+    "mitoses": "napari_wsi_detect.detectors.mitoses:MitosisDetector",
+    "tumour": "napari_wsi_detect.detectors.tumour:TumourDetector",
 }
 _INSTANCES: dict[str, Any] = {}
 
