@@ -17,6 +17,8 @@ _LAZY = {
     "read_camelyon_json": "napari_wsi_detect.annotations.camelyon_json",
     "PointSet": "napari_wsi_detect.annotations.point_truth",
     "read_point_sets": "napari_wsi_detect.annotations.point_truth",
+    "mitoses_to_features": "napari_wsi_detect.annotations.points",
+    "read_mitosis_features": "napari_wsi_detect.annotations.points",
 }
 
 __getattr__, __all__ = attach(__name__, _LAZY)
