@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Write a phantom whole-slide image (tiled pyramidal JPEG TIFF) with known "
             "metastases (macro/micro/ITC), mitotic figures and imposters. Beside OUT.tif "
             "land OUT.geojson (QuPath truth) and OUT.tumour-mask.tif (level 5, downsample "
-            "32). Files appear only when complete."
+            "32). With --primary N, N large primary-tumour regions (holes = stroma "
+            "islands, inner rings in the GeoJSON) replace the metastases. Files appear only "
+            "when complete."
         ),
     )
     p.add_argument("out", metavar="OUT.tif", help="slide to write (.tif or .tiff)")
@@ -26,9 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mpp", type=float, default=0.243, help="µm per pixel (default 0.243)")
     p.add_argument("--normal", action="store_true", help="a node without metastases or mitoses")
     p.add_argument("--lesions", type=int, nargs=3, metavar=("MACRO", "MICRO", "ITC"), default=None,
-                   help="number of metastases per size class (default: scaled with tissue area)")
+                   help="number of metastases per size class (default: scaled with tissue area; "
+                        "none with --primary)")
+    p.add_argument("--primary", type=_primary_count, default=0, metavar="N",
+                   help="add N (1-8) large primary-tumour regions: lobulated, ragged invasive "
+                        "borders, stroma holes (tumour segmentation truth; default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _primary_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--primary takes a whole number 0-8, got {text!r}") from None
+    if not 0 <= n <= 8:
+        raise argparse.ArgumentTypeError(f"--primary takes a whole number 0-8, got {n}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         truth = write_phantom(
             args.out, seed=args.seed, size=size, mpp=args.mpp, tumour=not args.normal,
-            lesions=lesions, progress=progress,
+            lesions=lesions, primary=args.primary, progress=progress,
         )
     finally:
         if bar is not None:

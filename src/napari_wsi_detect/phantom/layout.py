@@ -26,6 +26,8 @@ from .noise import fbm, hash_uniform, value_noise
 MACRO_MIN_UM = 2000.0
 ITC_MAX_UM = 200.0
 SIZE_TARGETS_UM = {"macro": (2300.0, 3200.0), "micro": (260.0, 1700.0), "itc": (45.0, 160.0)}
+# Lesions split into nests by desmoplastic septa (primary tumours: see `phantom.primary`).
+SEPTA_CLASSES = ("macro", "primary")
 
 # Reference stain vectors (optical density per unit concentration, R, G, B), Macenko's.
 H_REF = np.array([0.5626, 0.7201, 0.4062])
@@ -89,6 +91,7 @@ class Lesion:
     polygon: np.ndarray  # (N, 2) level-0 px (x, y), open ring
     area_um2: float
     major_axis_um: float
+    holes: list[np.ndarray] = field(default_factory=list)  # open rings of stroma inside
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -237,7 +240,28 @@ class PhantomLayout:
             if sel.any():
                 idx = np.nonzero(sel)[0]
                 inside = points_in_polygon(les.polygon, x[idx], y[idx])
+                for hole in les.holes:
+                    inside &= ~points_in_polygon(hole, x[idx], y[idx])
                 out[idx[inside]] = les.label
+        return out
+
+    @property
+    def has_holes(self) -> bool:
+        return any(les.holes for les in self.lesions)
+
+    def hole_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """True at points inside a stroma hole of a lesion (flattened like `lesion_at`)."""
+        x = np.asarray(x, dtype=np.float64).ravel()
+        y = np.asarray(y, dtype=np.float64).ravel()
+        out = np.zeros(x.shape, dtype=bool)
+        for les in self.lesions:
+            for hole in les.holes:
+                x0, y0 = hole.min(0)
+                x1, y1 = hole.max(0)
+                sel = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+                if sel.any():
+                    idx = np.nonzero(sel)[0]
+                    out[idx[points_in_polygon(hole, x[idx], y[idx])]] = True
         return out
 
     def tumour_stroma(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -331,8 +355,13 @@ def make_layout(
     tumour: bool,
     mitosis_density: float,
     imposter_density: float,
+    primary: int = 0,
 ) -> tuple[PhantomLayout, list[str]]:
-    """Plan a slide. Returns the layout and notes about lesions that did not fit."""
+    """Plan a slide. Returns the layout and notes about lesions that did not fit.
+
+    `primary` > 0 places that many large primary-tumour regions first (see
+    `phantom.primary`); metastases then default to none (explicit `lesions` still apply).
+    """
     rng = np.random.default_rng([seed, 20240611])
     w_um, h_um = width * mpp, height * mpp
     layout = PhantomLayout(
@@ -344,6 +373,11 @@ def make_layout(
     notes: list[str] = []
     if tumour:
         counts = dict(default_lesion_counts(tissue_mm2))
+        if primary:
+            from .primary import place_primaries
+
+            place_primaries(layout, rng, int(primary), notes, grid)
+            counts = {"macro": 0, "micro": 0, "itc": 0}
         counts.update(lesions or {})
         _place_lesions(layout, rng, counts, notes, grid)
         _place_mitoses(layout, rng, mitosis_density)
@@ -367,9 +401,9 @@ def _survey(layout: PhantomLayout, n: int = 192) -> dict:
 
 def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict[str, int],
                    notes: list[str], grid: dict) -> None:
-    placed: list[tuple[float, float, float]] = []  # centre and radius (px) of each lesion
+    placed = [lesion_disc(les) for les in layout.lesions]  # centre and radius (px) of each lesion
     gx, gy, f, step = grid["x"], grid["y"], grid["f"], grid["step"]
-    label = 1
+    label = len(layout.lesions) + 1
     for cls in ("macro", "micro", "itc"):
         lo, hi = SIZE_TARGETS_UM[cls]
         for i in range(int(counts.get(cls, 0))):
@@ -415,6 +449,12 @@ def _place_lesions(layout: PhantomLayout, rng: np.random.Generator, counts: dict
                 notes.append(f"no room for {cls} metastasis #{i + 1} on this slide (tissue too small)")
 
 
+def lesion_disc(les: Lesion) -> tuple[float, float, float]:
+    """(cx, cy, radius) px of a disc around a lesion's bounding box (spacing checks)."""
+    x0, y0, x1, y1 = les.bbox
+    return (x0 + x1) / 2, (y0 + y1) / 2, math.hypot(x1 - x0, y1 - y0) / 2
+
+
 def _sample_in_lesion(layout: PhantomLayout, rng: np.random.Generator, les: Lesion, n: int,
                       taken: list[tuple[float, float]], min_sep: float, margin: float) -> list[tuple[float, float]]:
     x0, y0, x1, y1 = les.bbox
@@ -428,7 +468,9 @@ def _sample_in_lesion(layout: PhantomLayout, rng: np.random.Generator, les: Lesi
         py = np.concatenate([[y], y + margin * np.sin(ring)])
         if not points_in_polygon(les.polygon, px, py).all():
             continue
-        if les.size_class == "macro" and layout.tumour_stroma(np.array([x]), np.array([y]))[0] > 0.1:
+        if any(points_in_polygon(hole, px, py).any() for hole in les.holes):
+            continue
+        if les.size_class in SEPTA_CLASSES and layout.tumour_stroma(np.array([x]), np.array([y]))[0] > 0.1:
             continue
         if any((x - a) ** 2 + (y - b) ** 2 < min_sep**2 for a, b in taken + out):
             continue

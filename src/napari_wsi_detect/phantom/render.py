@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .geometry import raster_polygon
-from .layout import Figure, PhantomLayout, smoothstep
+from .layout import SEPTA_CLASSES, Figure, PhantomLayout, smoothstep
 from .noise import PeriodicTexture, hash_uniform
 
 FIBRE_ANGLES = (0.0, math.pi / 3, 2 * math.pi / 3)
@@ -138,6 +138,12 @@ class PhantomRenderer:
                 tcyto_h = tcyto_h * (1 - strands) + strands * 0.05
             ce = np.where(tum, tcyto_e, ce)
             ch = np.where(tum, tcyto_h, ch)
+        # stroma islands inside primary tumours (the annotation's holes): collagen
+        holes = self._hole_mask(x0, y0, w, h) if lay.has_holes else None
+        if holes is not None:
+            fib = self.fibres[1].sample(x0, y0, w, h)
+            ce = np.where(holes, 0.55 + 0.2 * fib + 0.04 * mott, ce)
+            ch = np.where(holes, 0.045, ch)
         self._stamp_nuclei(ch, ce, x0, y0, w, h)
         self._draw_figures(ch, ce, x0, y0, w, h)
         ch *= tissue
@@ -183,12 +189,26 @@ class PhantomRenderer:
             if bx1 < x0 or by1 < y0 or bx0 > x0 + w or by0 > y0 + h:
                 continue
             m = raster_polygon(les.polygon, x0, y0, w, h)
+            for hole in les.holes:
+                m &= ~raster_polygon(hole, x0, y0, w, h)
             mask = m if mask is None else (mask | m)
+        return mask
+
+    def _hole_mask(self, x0: int, y0: int, w: int, h: int) -> np.ndarray | None:
+        mask = None
+        for les in self.layout.lesions:
+            for hole in les.holes:
+                hx0, hy0 = hole.min(0)
+                hx1, hy1 = hole.max(0)
+                if hx1 < x0 or hy1 < y0 or hx0 > x0 + w or hy0 > y0 + h:
+                    continue
+                m = raster_polygon(hole, x0, y0, w, h)
+                mask = m if mask is None else (mask | m)
         return mask
 
     def _tumour_strands(self, lat: _Lattice) -> np.ndarray | None:
         lay = self.layout
-        macro = [les.label for les in lay.lesions if les.size_class == "macro"]
+        macro = [les.label for les in lay.lesions if les.size_class in SEPTA_CLASSES]
         if not macro:
             return None
         gx, gy = lat.grid()
@@ -235,6 +255,8 @@ class PhantomRenderer:
             u = [hash_uniform(gi, gj, s + 51, k) for k in range(2, 14)]
             p = f["lymph"] * f["density"] * (f["depth_um"] > 3) * (f["fat"] < 0.3)
             keep = (u[0] < p) & (lay.lesion_at(cx, cy) == 0) & ~self._suppressed(cx, cy, 6.5 * um)
+            if lay.has_holes:
+                keep &= ~lay.hole_at(cx, cy)
             n = int(keep.sum())
             if n:
                 u = [a[keep] for a in u]
@@ -258,8 +280,10 @@ class PhantomRenderer:
             f = lay.fields(cx, cy)
             u = [hash_uniform(gi, gj, s + 52, k) for k in range(2, 10)]
             lab = lay.lesion_at(cx, cy)
-            strand = lay.tumour_stroma(cx, cy) * np.isin(lab, [les.label for les in lay.lesions if les.size_class == "macro"])
+            strand = lay.tumour_stroma(cx, cy) * np.isin(lab, [les.label for les in lay.lesions if les.size_class in SEPTA_CLASSES])
             p = np.where(lab > 0, strand, f["stroma"]) * 0.45 * (f["depth_um"] > 3)
+            if lay.has_holes:
+                p = np.where(lay.hole_at(cx, cy), 0.5, p)
             keep = (u[0] < p) & ~self._suppressed(cx, cy, 6.0 * um)
             if keep.any():
                 u = [a[keep] for a in u]
@@ -277,7 +301,7 @@ class PhantomRenderer:
             if (lab > 0).any():
                 sel = lab > 0
                 gi, gj, cx, cy, lab = gi[sel], gj[sel], cx[sel], cy[sel], lab[sel]
-                macro = [les.label for les in lay.lesions if les.size_class == "macro"]
+                macro = [les.label for les in lay.lesions if les.size_class in SEPTA_CLASSES]
                 strand = lay.tumour_stroma(cx, cy) * np.isin(lab, macro)
                 keep = (strand < 0.5) & ~self._suppressed(cx, cy, 10.0 * um)
                 u = [hash_uniform(gi[keep], gj[keep], s + 53, k) for k in range(2, 16)]

@@ -64,11 +64,12 @@ MASK_DOWNSAMPLE = 32  # level 5
 @dataclass
 class PhantomLesion:
     label: int  # value of this lesion in the tumour mask
-    size_class: str  # "macro" | "micro" | "itc"
+    size_class: str  # "macro" | "micro" | "itc" | "primary"
     polygon: np.ndarray  # (N, 2) level-0 (x, y), open ring
-    area_um2: float
+    area_um2: float  # without the holes
     major_axis_um: float
     id: str = ""
+    holes: list[np.ndarray] = field(default_factory=list)  # open rings (primary tumours)
 
 
 @dataclass
@@ -91,6 +92,9 @@ class PhantomTruth:
         out = {"tumours": len(self.tumours), "mitoses": len(self.mitoses), "imposters": len(self.imposters)}
         for cls in ("macro", "micro", "itc"):
             out[cls] = sum(t.size_class == cls for t in self.tumours)
+        primary = sum(t.size_class == "primary" for t in self.tumours)
+        if primary:  # only then: metastasis-only truth files stay as they were
+            out["primary"] = primary
         return out
 
     def read_mask(self) -> np.ndarray:
@@ -113,11 +117,14 @@ def phantom_layout(
     lesions: dict[str, int] | None = None,
     mitosis_density: float = 150.0,
     imposter_density: float = 60.0,
+    primary: int = 0,
 ) -> tuple[PhantomLayout, list[str]]:
     """The slide's plan (tissue, lesions, figures) without rendering any pixel."""
     _check_args(size, mpp, lesions, mitosis_density, imposter_density)
+    primary = _check_primary(primary, tumour)
     w, h = int(size[0]), int(size[1])
-    return make_layout(w, h, float(mpp), int(seed), lesions, tumour, mitosis_density, imposter_density)
+    return make_layout(w, h, float(mpp), int(seed), lesions, tumour, mitosis_density, imposter_density,
+                       primary=primary)
 
 
 def render_phantom_region(
@@ -139,6 +146,7 @@ def write_phantom(
     lesions: dict[str, int] | None = None,
     mitosis_density: float = 150.0,
     imposter_density: float = 60.0,
+    primary: int = 0,
     tile: int = 512,
     quality: int = 90,
     progress: Callable[[int, int], None] | None = None,
@@ -147,7 +155,9 @@ def write_phantom(
 
     `tumour=False` makes a normal node (no metastases, no mitoses; imposters remain).
     `lesions` overrides the per-class counts, e.g. {"macro": 1, "micro": 3, "itc": 0};
-    by default they grow with the tissue area. Densities are per mm² of tumour (mitoses)
+    by default they grow with the tissue area. `primary=N` adds N large primary-tumour
+    regions (lobulated, ragged, with stroma holes; size class "primary", see
+    `phantom.primary`) and makes the metastasis counts default to none. Densities are per mm² of tumour (mitoses)
     or of tissue (imposters). Lesions that do not fit are skipped and listed in
     `PhantomTruth.notes`.
     """
@@ -158,7 +168,7 @@ def write_phantom(
         raise WsiDetectError(f"folder {path.parent} does not exist; create it first")
     layout, notes = phantom_layout(
         seed, size, mpp, tumour=tumour, lesions=lesions,
-        mitosis_density=mitosis_density, imposter_density=imposter_density,
+        mitosis_density=mitosis_density, imposter_density=imposter_density, primary=primary,
     )
     renderer = PhantomRenderer(layout)
     geojson_path, mask_path = truth_paths(path)
@@ -166,6 +176,8 @@ def write_phantom(
         f"napari-wsi-detect phantom lymph node|seed={layout.seed}|mpp={layout.mpp}"
         f"|width={layout.width}|height={layout.height}|tumour={bool(tumour)}"
     )
+    if primary:
+        description += f"|primary={int(primary)}"
     # renamed in this order, the slide last: when it exists, its truth is complete
     with atomic_paths(mask_path, geojson_path, path) as (tmp_mask, tmp_geojson, tmp_slide):
         write_pyramid_tiff(
@@ -174,7 +186,7 @@ def write_phantom(
         )
         truth = _truth_from_layout(layout, path, geojson_path, mask_path, notes)
         _write_mask(tmp_mask, layout)
-        _write_geojson(tmp_geojson, truth, tumour)
+        _write_geojson(tmp_geojson, truth, tumour, int(primary))
     return truth
 
 
@@ -200,6 +212,18 @@ def _check_args(size, mpp, lesions, mitosis_density, imposter_density) -> None:
         raise WsiDetectError("mitosis and imposter densities must be ≥ 0 per mm²")
 
 
+def _check_primary(primary, tumour: bool) -> int:
+    try:
+        n = int(primary)
+    except (TypeError, ValueError):
+        raise WsiDetectError(f"primary must be a number of tumour regions, got {primary!r}") from None
+    if n != primary or not 0 <= n <= 8:
+        raise WsiDetectError(f"primary must be a whole number of tumour regions from 0 to 8, got {primary!r}")
+    if n and not tumour:
+        raise WsiDetectError("a normal slide (tumour=False / --normal) cannot have primary tumours; drop one")
+    return n
+
+
 # -- truth --------------------------------------------------------------------------
 def _uuid(seed: int, family: int, index: int) -> str:
     rng = np.random.default_rng([seed, 977, family, index])
@@ -208,7 +232,8 @@ def _uuid(seed: int, family: int, index: int) -> str:
 
 def _truth_from_layout(layout: PhantomLayout, path: Path, geojson_path: Path, mask_path: Path, notes: list[str]) -> PhantomTruth:
     tumours = [
-        PhantomLesion(les.label, les.size_class, les.polygon.copy(), les.area_um2, les.major_axis_um, _uuid(layout.seed, 0, les.label))
+        PhantomLesion(les.label, les.size_class, les.polygon.copy(), les.area_um2, les.major_axis_um,
+                      _uuid(layout.seed, 0, les.label), holes=[h.copy() for h in les.holes])
         for les in layout.lesions
     ]
     return PhantomTruth(
@@ -228,7 +253,10 @@ def tumour_mask(layout: PhantomLayout, downsample: int = MASK_DOWNSAMPLE) -> np.
     w = -(-layout.width // downsample)
     mask = np.zeros((h, w), np.uint8)
     for les in layout.lesions:
-        mask[raster_polygon(les.polygon, 0.0, 0.0, w, h, scale=downsample)] = les.label
+        inside = raster_polygon(les.polygon, 0.0, 0.0, w, h, scale=downsample)
+        for hole in les.holes:
+            inside &= ~raster_polygon(hole, 0.0, 0.0, w, h, scale=downsample)
+        mask[inside] = les.label
     return mask
 
 
@@ -255,12 +283,15 @@ def _point_feature(fid: str, x: float, y: float, cls: tuple[str, tuple[int, int,
     )
 
 
-def _write_geojson(path: Path, truth: PhantomTruth, tumour: bool) -> None:
+def _closed(ring: np.ndarray) -> list:
+    return np.vstack([ring, ring[:1]]).round(2).tolist()
+
+
+def _write_geojson(path: Path, truth: PhantomTruth, tumour: bool, primary: int = 0) -> None:
     features = []
     for t in truth.tumours:
-        ring = np.vstack([t.polygon, t.polygon[:1]]).round(2).tolist()
         features.append(Feature(
-            geometry={"type": "Polygon", "coordinates": [ring]},
+            geometry={"type": "Polygon", "coordinates": [_closed(t.polygon)] + [_closed(h) for h in t.holes]},
             object_type="annotation",
             classification=TUMOUR_CLASS[0],
             color=TUMOUR_CLASS[1],
@@ -285,6 +316,8 @@ def _write_geojson(path: Path, truth: PhantomTruth, tumour: bool) -> None:
         "mask": truth.mask_path.name, "mask_downsample": truth.mask_downsample,
         "counts": truth.counts(), "notes": truth.notes,
     }
+    if primary:
+        phantom["primary"] = primary
     write_geojson(path, features, gz=False, members={"phantom": phantom})
 
 
@@ -292,8 +325,11 @@ def _lesion_lookup(truth: PhantomTruth):
     from .geometry import points_in_polygon
 
     def lesion_of(x: float, y: float) -> int:
+        px, py = np.array([x]), np.array([y])
         for t in truth.tumours:
-            if points_in_polygon(t.polygon, np.array([x]), np.array([y]))[0]:
+            if points_in_polygon(t.polygon, px, py)[0] and not any(
+                points_in_polygon(h, px, py)[0] for h in t.holes
+            ):
                 return t.label
         return 0
 
@@ -317,10 +353,11 @@ def load_phantom_truth(slide_path: str | os.PathLike) -> PhantomTruth:
         for f in features:
             props, geom = f.properties, f.geometry
             if f.classification == TUMOUR_CLASS[0] and geom["type"] == "Polygon":
-                ring = np.asarray(geom["coordinates"][0], dtype=np.float64)[:-1]
+                rings = [np.asarray(r, dtype=np.float64)[:-1] for r in geom["coordinates"]]
                 m = f.measurements
-                tumours.append(PhantomLesion(int(props["lesion"]), props["size_class"], ring,
-                                             float(m["area_um2"]), float(m["major_axis_um"]), f.id))
+                tumours.append(PhantomLesion(int(props["lesion"]), props["size_class"], rings[0],
+                                             float(m["area_um2"]), float(m["major_axis_um"]), f.id,
+                                             holes=rings[1:]))
             elif f.classification == MITOSIS_CLASS[0]:
                 mit.append(geom["coordinates"])
                 mk.append(props.get("kind", ""))
