@@ -129,7 +129,7 @@ def test_controls_come_from_the_registry_and_schema(widget) -> None:
     assert set(widget.controls) == {p.key for p in det.options + det.params}
     for p in det.options + det.params:
         assert widget.controls[p.key].toolTip(), p.key  # every control explains itself
-    assert "µm" in widget.controls["opening_um"].spin.suffix()
+    assert widget.controls["opening_um"].unit.text() == "µm"  # its own label, never clipped
     widget.model_combo.setCurrentIndex(0)  # the bundled model says what it was trained on
     assert "synthetic" in widget.model_note.text() and not widget.model_note.isHidden()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QSlider, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QSlider, QWidget
 
 
 class FloatSlider(QWidget):
@@ -24,15 +24,18 @@ class FloatSlider(QWidget):
         self.spin.setRange(minimum, maximum)
         self.spin.setSingleStep(step)
         self.spin.setDecimals(decimals)
-        self.spin.setSuffix(suffix)
         self.spin.setKeyboardTracking(False)  # typing "0.35" is one change, not three
-        # Wide enough for the value and its unit ("16.0 µm" was clipped to "16.0 µn").
         self.spin.setMinimumWidth(self.spin.fontMetrics().horizontalAdvance(
-            f"{maximum:.{decimals}f}{suffix}") + 80)
+            f"{maximum:.{decimals}f}") + 60)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.slider, 1)
         layout.addWidget(self.spin)
+        # The unit is a label of its own: as a spin-box suffix, napari's stylesheet
+        # (buttons on both sides, larger font) clipped "16.0 µm" to "16.0 µn".
+        self.unit = QLabel(suffix.strip())
+        self.unit.setMinimumWidth(self.unit.fontMetrics().horizontalAdvance("µm²") + 6)
+        layout.addWidget(self.unit)
         self.slider.valueChanged.connect(self._from_slider)
         self.spin.valueChanged.connect(self._from_spin)
         self.setValue(value)
