@@ -59,17 +59,18 @@ def load_run(folder: Path, slide_layer: Any, shape0: tuple[int, int]) -> Any:
     against the slide it is opened on."""
     from napari_wsi_detect.detectors import get_detector
     from napari_wsi_detect.detectors.result import DetectionResult, read_summary
-    from napari_wsi_detect.engine.heatmap import open_heatmap
+    from napari_wsi_detect.engine.heatmap import COMMIT_JOURNAL, open_heatmap
 
+    summary: dict[str, Any] = {}
+    if (folder / "summary.json").is_file() or (folder / COMMIT_JOURNAL).exists():
+        # first: installs an output set a kill interrupted, refuses a mixed one
+        summary = read_summary(folder, check=True)
     store = open_heatmap(folder)
     g = store.geometry
     if (g.height0, g.width0) != tuple(shape0):
         raise WsiDetectError(
             f"the run in {folder} was made on a {g.width0} x {g.height0} px slide, but "
             f"{slide_layer.name} is {shape0[1]} x {shape0[0]} px: open the slide it was made on")
-    summary: dict[str, Any] = {}
-    if (folder / "summary.json").is_file():
-        summary = read_summary(folder)
     det = get_detector(summary.get("task", "metastases"))
     config = dict(summary.get("model") or {})
     saved = summary.get("parameters") or {}

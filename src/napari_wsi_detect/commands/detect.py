@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     values = ", ".join(f"{p.key} {result.parameters[p.key]:g}" for p in det.params)
     print(f"slide score: {score:.4f}" if score == score else "slide score: n/a")
     print(f"{det.result_kind}: {len(result.detections)} ({values})")
-    print(f"ROIs: {t['rois_computed']} computed, {t['rois_resumed']} resumed; "
+    repaired = (f" ({t['rois_repaired']} damaged in the store, recomputed)"
+                if t.get("rois_repaired") else "")
+    print(f"ROIs: {t['rois_computed']} computed{repaired}, {t['rois_resumed']} resumed; "
           f"{t['total_s']:.1f} s total, I/O wait {100 * t['io_wait_fraction']:.0f} %")
     print(f"wrote {args.out}/heatmap.zarr, {det.results_file}, summary.json")
     return 0

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CancelledError, ModelFileError, WsiDetectError
-from .outdir import RunFolderLock, check_out_dir
+from .outdir import RunFolderLock, check_out_dir, finish_commit
 from .result import DetectionResult
 
 ProgressFn = Callable[[int, int, "float | None"], None]
@@ -213,6 +213,8 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
     owned = slide is None
     timings: dict[str, Any] = {}
     try:
+        if request.out is not None:
+            finish_commit(request.out, locked=True)  # a set a kill left committed
         if owned:
             from ..slide import open_slide
 
@@ -257,6 +259,7 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
             "io_wait_fraction": stats["io_wait_fraction"], "model_s": stats["model_s"],
             "rois_planned": len(prep.rois), "rois_computed": runner.stats.done,
             "rois_resumed": len(prep.rois) - len(todo),
+            "rois_repaired": len(getattr(store, "repaired", ())),
         })
         cell_area = prep.geometry.cell_size0 ** 2
         tissue_px = sum(r.rows * r.cols * cell_area * r.tissue for r in todo)
@@ -267,16 +270,14 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
         if status == "done":
             detector.finish(store, slide, net, config, options)
         heatmap = store.to_numpy()
-        if status == "done" and store.path is not None:
-            store = store.finalise()
-        elif status == "done":
-            store.mark_complete()
+        if status == "done":
+            store.mark_complete()  # result.write installs it with the results (one set)
         result = DetectionResult.build(
             detector, heatmap, prep, params, timings, slide, store, pending,
             device=str(device), use_tissue=tissue is not None)
         timings["total_s"] = round(time.perf_counter() - start, 4)
         if request.out is not None and status == "done":
-            result.write(request.out)
+            result.write(request.out, locked=True)
         yield JobOutcome(status, result, runner.stats.done, len(todo),
                          time.perf_counter() - start, stats)
     finally:

@@ -1,9 +1,10 @@
 """One result type for every detector, with one summary.json shape.
 
 A run folder holds ``heatmap.zarr`` (the store), the detector's results file
-(``regions.geojson`` for metastases) and ``summary.json``. summary.json is written last
-and records the sha256 of the results file it belongs to, so a reader can tell a
-matching pair from one left half-replaced by a crash (`read_summary(..., check=True)`).
+(``regions.geojson`` for metastases) and ``summary.json``, replaced together as one set
+(`outdir.commit_outputs`). summary.json records the sha256 of the results file and the
+id of the store it belongs to, so a reader can tell a matching set from one mixed by
+hand or by an older version (`read_summary(..., check=True)`).
 """
 
 from __future__ import annotations
@@ -157,37 +158,76 @@ class DetectionResult:
         }
 
     # -- files ----------------------------------------------------------------------------------
-    def write(self, out_dir: str | os.PathLike, features: list[Any] | None = None) -> Path:
-        """Write DIR/heatmap.zarr, DIR/<results file> and DIR/summary.json, each
-        atomically, summary last. `features` replaces the computed ones (the widget
-        saves the layer as the pathologist edited it). Returns DIR."""
-        from .._atomic import write_json_atomic
+    def write(self, out_dir: str | os.PathLike, features: list[Any] | None = None, *,
+              locked: bool = False) -> Path:
+        """Write DIR/heatmap.zarr, DIR/<results file> and DIR/summary.json as one set
+        (`outdir.commit_outputs`: all replaced or none). `features` replaces the computed
+        ones (the widget saves the layer as the pathologist edited it). The folder is
+        locked for the write unless `locked` (the job holds the lock). Returns DIR."""
+        import uuid
+
+        from .._atomic import TMP_SUFFIX, write_json_atomic
         from ..annotations.geojson import write_geojson
-        from ..engine.heatmap import FINAL_NAME
+        from ..engine.heatmap import ATTR_KEY, FINAL_NAME, PARTIAL_SUFFIX, HeatmapStore
+        from .outdir import RunFolderLock, commit_outputs, committed, finish_commit
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        final = out / FINAL_NAME
         if self.store is None:
             raise WsiDetectError("this result has no heatmap store to write")
-        if self.store.path is None or Path(self.store.path).resolve() != final.resolve():
-            self.store = self.store.copy_to(final)
-        results = out / self.detector.results_file
-        write_geojson(results, self.features() if features is None else features)
-        summary = self.summary()
-        summary["outputs"] = {results.name: {"sha256": _sha256(results)}}
-        write_json_atomic(out / SUMMARY_NAME, summary)
+        final = out / FINAL_NAME
+        token = uuid.uuid4().hex[:16]
+        replacements: list[tuple[Path, Path]] = []
+        lock = None if locked else RunFolderLock(out)
+        try:
+            finish_commit(out, locked=True)
+            where = Path(self.store.path).resolve() if self.store.path is not None else None
+            if where == final.resolve():
+                store_id = self.store.attrs.get("id")
+            else:
+                partial = out / (FINAL_NAME + PARTIAL_SUFFIX)
+                store = (self.store if where == partial.resolve()
+                         else self.store.copy(partial))
+                meta = store.attrs
+                meta.update(complete=self.complete, id=token)
+                store.group.attrs[ATTR_KEY] = meta
+                store_id = token
+                replacements.append((partial, final))
+            results = out / self.detector.results_file
+            new_results = out / f".{results.name}.{token}{TMP_SUFFIX}"
+            write_geojson(new_results, self.features() if features is None else features)
+            summary = self.summary()
+            summary["outputs"] = {results.name: {"sha256": _sha256(new_results)}}
+            if store_id:
+                summary["outputs"][FINAL_NAME] = {"id": store_id}
+            new_summary = out / f".{SUMMARY_NAME}.{token}{TMP_SUFFIX}"
+            write_json_atomic(new_summary, summary)
+            replacements += [(new_results, results), (new_summary, out / SUMMARY_NAME)]
+            commit_outputs(out, replacements)
+        finally:
+            if not committed(out):  # after the commit point the temporaries are the set
+                for tmp in out.glob(f".*.{token}{TMP_SUFFIX}"):
+                    tmp.unlink(missing_ok=True)
+            if lock is not None:
+                lock.release()
+        if replacements and replacements[0][1] == final:
+            self.store = HeatmapStore.open(final)
         self.out_dir = out
         return out
 
 
 def read_summary(folder: str | os.PathLike, check: bool = False) -> dict[str, Any]:
-    """summary.json of a run folder, older shapes mapped to today's keys; with `check`,
-    WsiDetectError when the results file is not the one the summary was written with."""
+    """summary.json of a run folder, older shapes mapped to today's keys. An output set
+    whose writing was interrupted after its commit point is installed first. With
+    `check`, WsiDetectError when the results file or heatmap store is not the one the
+    summary was written with (a folder mixed by hand or by an older version)."""
+    from .outdir import finish_commit
     from .params import canonical_keys
 
     folder = Path(folder)
     path = folder / SUMMARY_NAME
+    if folder.is_dir():
+        finish_commit(folder)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -201,10 +241,31 @@ def read_summary(folder: str | os.PathLike, check: bool = False) -> dict[str, An
         data["slide"] = {"path": data["slide"]}
     data.setdefault("task", "metastases")
     if check:
-        for name, meta in (data.get("outputs") or {}).items():
-            f = folder / name
-            if not f.is_file() or _sha256(f) != meta.get("sha256"):
-                raise WsiDetectError(
-                    f"{f} does not belong to {path} (a run was interrupted while writing); "
-                    "run the detection again into this folder to rewrite both")
+        _check_outputs(folder, path, data.get("outputs"))
     return data
+
+
+def _check_outputs(folder: Path, path: Path, outputs: Any) -> None:
+    from ..engine.heatmap import ATTR_KEY, FINAL_NAME
+
+    if not isinstance(outputs, dict):
+        return
+    redo = "run the detection again into this folder to rewrite the set"
+    for name, meta in outputs.items():
+        f = folder / str(name)
+        if not isinstance(meta, dict):
+            raise WsiDetectError(f"{path}: its record of {name} is damaged; {redo}")
+        if name == FINAL_NAME:
+            have = None
+            try:
+                have = json.loads((f / "zarr.json").read_text(encoding="utf-8"))
+                have = have["attributes"][ATTR_KEY].get("id")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                have = None
+            if have != meta.get("id"):
+                raise WsiDetectError(
+                    f"{f} is not the heatmap {path} was written with (missing, damaged or "
+                    f"from another run); {redo}")
+        elif not f.is_file() or _sha256(f) != meta.get("sha256"):
+            raise WsiDetectError(
+                f"{f} does not belong to {path} (changed or left half-written); {redo}")

@@ -13,18 +13,25 @@ Layout of ``heatmap.zarr`` (a zarr v3 group):
 Crash safety. zarr's LocalStore writes every chunk to a temporary file and renames it,
 so a chunk is either old or new, never torn. A tile's ``prob`` chunk is written first and
 only then its ``computed`` flag: a crash between the two leaves an unmarked chunk that a
-resume recomputes. A run writes into ``DIR/heatmap.zarr.partial``; when every planned ROI
-is computed, ``finalise()`` renames it to ``DIR/heatmap.zarr`` (an existing result there
-is first renamed aside to ``heatmap.zarr.old`` and deleted after). A resume reopens
-``heatmap.zarr.partial`` (or a finished ``heatmap.zarr``, which it moves back to .partial)
-and skips the computed blocks; a store made with another geometry, ROI size, model or
-parameters is refused unless ``overwrite=True``.
+resume recomputes. A run writes into ``DIR/heatmap.zarr.partial``; a resume reopens it
+(or copies a finished ``DIR/heatmap.zarr`` to it: the finished one stays where it is
+until the new output set replaces it, see `detectors/outdir.py`) and skips the computed
+blocks; a store made with another geometry, ROI size, model or parameters is refused
+unless ``overwrite=True`` (which starts a new .partial and still leaves the finished
+store alone until the new one replaces it).
+
+Damage. Chunks carry a zstd checksum. `damaged_blocks()` reads the store block by
+block: a computed block whose chunk does not decode, has the wrong size or is missing
+(all NaN) is damaged; `repair()` marks those blocks not computed so a resume
+recomputes just them. A resume repairs before it plans; `to_numpy()` on a damaged store
+raises HeatmapStoreError naming the blocks and what to do, never a codec's traceback.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,9 @@ ATTR_KEY = "napari_wsi_detect"
 FORMAT = 1
 FINAL_NAME = "heatmap.zarr"
 PARTIAL_SUFFIX = ".partial"
+# Written by detectors/outdir.py while a run folder's outputs are being replaced; a
+# folder holding it has a committed but not yet installed output set.
+COMMIT_JOURNAL = ".wsi-detect.commit.json"
 
 
 class HeatmapStoreError(WsiDetectError):
@@ -68,6 +78,7 @@ class HeatmapStore:
             ) from exc
         self.model_name: str = meta.get("model", "")
         self.params: dict[str, Any] = meta.get("params", {})
+        self.repaired: list[tuple[int, int]] = []  # blocks `repair()` marked not computed
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
@@ -106,14 +117,16 @@ class HeatmapStore:
         group = zarr.open_group(store=store_like, mode="w")
         rows, cols = geometry.shape
         t = int(roi_cells)
+        # The checksum makes a damaged chunk fail to decode instead of reading as numbers.
+        codec = zarr.codecs.ZstdCodec(level=0, checksum=True)
         group.create_array(
             "prob", shape=(rows, cols), chunks=(min(t, rows), min(t, cols)),
-            dtype="float32", fill_value=np.nan,
+            dtype="float32", fill_value=np.nan, compressors=codec,
         )
         br, bc = math.ceil(rows / t), math.ceil(cols / t)
         group.create_array(
             "computed", shape=(br, bc), chunks=(min(br, 256), min(bc, 256)),
-            dtype="uint8", fill_value=0,
+            dtype="uint8", fill_value=0, compressors=codec,
         )
         group.attrs[ATTR_KEY] = meta
         return cls(group, path)
@@ -144,7 +157,80 @@ class HeatmapStore:
         return (roi.r0 // self.roi_cells, roi.c0 // self.roi_cells)
 
     def computed_blocks(self) -> np.ndarray:
-        return np.asarray(self.computed[...]).astype(bool)
+        try:
+            return np.asarray(self.computed[...]).astype(bool)
+        except Exception as exc:  # a codec's error: the flags' chunk is damaged
+            raise HeatmapStoreError(
+                f"the record of computed ROIs in {self.path or 'the store'} is damaged "
+                f"({type(exc).__name__}); run the same command again (the damaged store is "
+                "rebuilt from its readable tiles) or with --overwrite") from None
+
+    def _block_slices(self, i: int, j: int) -> tuple[slice, slice]:
+        t = self.roi_cells
+        return slice(i * t, (i + 1) * t), slice(j * t, (j + 1) * t)
+
+    def _read_block(self, i: int, j: int) -> np.ndarray | None:
+        """Block (i, j) of `prob`, or None when its chunk does not decode or has the
+        wrong size (a codec raises one of many types, hence the broad except)."""
+        try:
+            return np.asarray(self.prob[self._block_slices(i, j)])
+        except Exception:
+            return None
+
+    def damaged_blocks(self) -> list[tuple[int, int]]:
+        """Computed blocks whose `prob` chunk is unreadable or missing (see module doc)."""
+        try:
+            done = np.asarray(self.computed[...]).astype(bool)
+        except Exception:
+            done = None  # flags unreadable: every block with a chunk is suspect
+        rows, cols = self.computed.shape
+        bad = []
+        for i in range(rows):
+            for j in range(cols):
+                if done is not None and not done[i, j]:
+                    continue
+                block = self._read_block(i, j)
+                if block is None or (done is not None and not np.isfinite(block).any()):
+                    bad.append((i, j))
+        return bad
+
+    def repair(self) -> list[tuple[int, int]]:
+        """Mark damaged blocks not computed (their chunks removed), so a resume
+        recomputes only them; rebuilds unreadable flags from the readable chunks.
+        Returns the blocks repaired (also kept in `self.repaired`)."""
+        try:
+            np.asarray(self.computed[...])
+            flags_ok = True
+        except Exception:
+            flags_ok = False
+        bad = self.damaged_blocks()
+        if not flags_ok:
+            rows, cols = self.computed.shape
+            flags = np.zeros((rows, cols), np.uint8)
+            for i in range(rows):
+                for j in range(cols):
+                    block = None if (i, j) in bad else self._read_block(i, j)
+                    flags[i, j] = block is not None and bool(np.isfinite(block).any())
+            self._remove_chunk("computed", None)
+            self.computed[...] = flags
+        for i, j in bad:
+            self._remove_chunk("prob", (i, j))
+            if flags_ok:
+                self.computed[i, j] = 0
+        self.repaired = bad
+        return bad
+
+    def _remove_chunk(self, array: str, block: tuple[int, int] | None) -> None:
+        """Delete a damaged chunk file (writing over it would first try to decode it)."""
+        if self.path is None:
+            return
+        if block is None:
+            folder = self.path / array / "c"
+            if folder.is_dir():
+                shutil.rmtree(folder)
+            return
+        chunk = self.path / array / "c" / str(block[0]) / str(block[1])
+        chunk.unlink(missing_ok=True)
 
     def pending(self, rois: list[ROI]) -> list[ROI]:
         """The ROIs of `rois` not yet computed in this store."""
@@ -173,28 +259,46 @@ class HeatmapStore:
         self.group.attrs[ATTR_KEY] = meta
 
     def to_numpy(self) -> np.ndarray:
-        """The whole map as float32 (NaN = not computed); small: 1/(S*d)^2 of level 0."""
-        return np.asarray(self.prob[...], dtype=np.float32)
+        """The whole map as float32 (NaN = not computed); small: 1/(S*d)^2 of level 0.
+        HeatmapStoreError when a chunk is damaged."""
+        try:
+            return np.asarray(self.prob[...], dtype=np.float32)
+        except Exception:
+            bad = self.damaged_blocks()
+        t = self.roi_cells
+        where = ", ".join(f"cells ({i * t}, {j * t})" for i, j in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise HeatmapStoreError(
+            f"{self.path or 'the heatmap store'} is damaged: {len(bad) or 'some'} ROI "
+            f"tile(s) cannot be read ({where}{more}); run the detection again into this "
+            "folder to recompute only those ROIs, or with --overwrite to start afresh")
 
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs[ATTR_KEY])
 
+    def copy(self, path: str | Path) -> HeatmapStore:
+        """A copy of this store (e.g. an in-memory one) in a new folder `path` (an
+        existing one there is replaced), attributes included."""
+        path = Path(path)
+        if path.exists():
+            shutil.rmtree(path)
+        meta = self.attrs
+        out = HeatmapStore.create(
+            path, self.geometry, self.roi_cells, meta.get("model", ""), meta.get("params", {})
+        )
+        out.prob[...] = self.to_numpy()
+        out.computed[...] = self.computed[...]
+        out.group.attrs[ATTR_KEY] = meta
+        from .maps import copy_maps  # a detector's extra maps travel with the store
+
+        copy_maps(self, out)
+        return out
+
     def copy_to(self, path: str | Path) -> HeatmapStore:
         """Write this store (e.g. an in-memory one) to a new folder `path`, atomically."""
         path = Path(path)
-        tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        meta = self.attrs
-        out = HeatmapStore.create(
-            tmp, self.geometry, self.roi_cells, meta.get("model", ""), meta.get("params", {})
-        )
-        out.prob[...] = self.prob[...]
-        out.computed[...] = self.computed[...]
-        if meta.get("complete"):
-            out.mark_complete()
-        return out.finalise(path)
+        return self.copy(path.with_name(path.name + PARTIAL_SUFFIX)).finalise(path)
 
     def finalise(self, final: str | Path | None = None) -> HeatmapStore:
         """Mark complete and rename DIR/heatmap.zarr.partial -> DIR/heatmap.zarr (or to
@@ -233,29 +337,56 @@ def open_run_store(
     overwrite: bool = False,
 ) -> HeatmapStore:
     """The store a run in `out_dir` writes to: `out_dir/heatmap.zarr.partial`, resumed if
-    present; a finished matching `heatmap.zarr` is moved back to .partial to be extended."""
+    present, else a copy of a finished matching `heatmap.zarr` (which stays in place until
+    the run's outputs replace it). Damaged blocks are marked not computed (`repaired`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / FINAL_NAME
     partial = out_dir / (FINAL_NAME + PARTIAL_SUFFIX)
-    if overwrite:
-        for p in (partial, final):
-            if p.exists():
-                shutil.rmtree(p)
-    if not partial.exists() and final.exists():
-        HeatmapStore.open(final)._check_matches(
-            _canonical({"format": FORMAT, "geometry": geometry.to_dict(),
-                        "roi_cells": int(roi_cells), "model": model_name,
-                        "params": params or {}})
-        )
-        final.rename(partial)
-    return HeatmapStore.create(partial, geometry, roi_cells, model_name, params)
+    want = _canonical({"format": FORMAT, "geometry": geometry.to_dict(),
+                       "roi_cells": int(roi_cells), "model": model_name,
+                       "params": params or {}})
+    if overwrite and partial.exists():
+        shutil.rmtree(partial)
+    if not partial.exists() and final.exists() and not overwrite:
+        try:
+            previous = HeatmapStore.open(final)
+        except HeatmapStoreError as exc:
+            raise HeatmapStoreError(
+                f"{exc}: its description is damaged; run again with --overwrite to start "
+                "afresh") from None
+        previous._check_matches(want)
+        _copy_tree(final, partial)
+    if partial.exists():
+        try:
+            HeatmapStore.open(partial)
+        except HeatmapStoreError as exc:
+            raise HeatmapStoreError(
+                f"{exc}: its description is damaged; run again with --overwrite to start "
+                "afresh") from None
+    store = HeatmapStore.create(partial, geometry, roi_cells, model_name, params)
+    store.repair()
+    return store
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a store folder under a temporary name, then rename it: a copy cut short by a
+    kill is never mistaken for a resumable store."""
+    tmp = dst.with_name(dst.name + ".copying")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
 
 
 def open_heatmap(path: str | Path, mode: str = "r") -> HeatmapStore:
     """Reopen a saved heatmap (a heatmap.zarr folder, a run folder holding one, or its
     .partial); `mode` "r+" to write into it."""
     path = Path(path)
+    if (path / COMMIT_JOURNAL).exists():
+        raise HeatmapStoreError(
+            f"{path} holds outputs whose writing was interrupted; run the detection again "
+            "into it (or read it with read_summary, which finishes the writing)")
     if (path / FINAL_NAME).is_dir():
         path = path / FINAL_NAME
     elif (path / (FINAL_NAME + PARTIAL_SUFFIX)).is_dir():  # a run folder, cancelled

@@ -226,26 +226,30 @@ def read_regions_geojson(path: str | os.PathLike) -> np.ndarray:
 
 def read_run_folder(folder: str | os.PathLike) -> DetectionSet:
     """Detections and slide score of one `wsi-detect metastases --out DIR` folder."""
+    from ..detectors.result import read_summary
+    from ..engine.heatmap import COMMIT_JOURNAL
+
     folder = Path(folder)
     regions = folder / RUN_REGIONS
     if not regions.is_file():
         raise EvaluationError(f"{folder} is not a run folder: {RUN_REGIONS} is missing")
     slide_id, slide_score, mpp = folder.name, None, None
     summary_path = folder / RUN_SUMMARY
-    if summary_path.is_file():
-        summary = _load_json(summary_path)
-        if isinstance(summary, dict):
-            mpp = _summary_mpp(summary, summary_path)
-            for key in ("slide_id", "slide", "slide_path", "source"):
-                value = summary.get(key)
-                if isinstance(value, dict):  # the engine's summary: {"slide": {"path": ...}}
-                    value = value.get("path")
-                if isinstance(value, str) and value:
-                    slide_id = value if key == "slide_id" else slide_id_from_path(value)
-                    break
-            score = summary.get("slide_score")
-            if isinstance(score, (int, float)) and math.isfinite(score):
-                slide_score = float(score)
+    if summary_path.is_file() or (folder / COMMIT_JOURNAL).exists():
+        # The one summary reader: installs an interrupted output set, refuses regions
+        # that are not the ones the summary was written with.
+        summary = read_summary(folder, check=True)
+        mpp = _summary_mpp(summary, summary_path)
+        for key in ("slide_id", "slide", "slide_path", "source"):
+            value = summary.get(key)
+            if isinstance(value, dict):  # the engine's summary: {"slide": {"path": ...}}
+                value = value.get("path")
+            if isinstance(value, str) and value:
+                slide_id = value if key == "slide_id" else slide_id_from_path(value)
+                break
+        score = summary.get("slide_score")
+        if isinstance(score, (int, float)) and math.isfinite(score):
+            slide_score = float(score)
     return DetectionSet(slide_id, read_regions_geojson(regions), folder, slide_score, mpp)
 
 
