@@ -164,3 +164,12 @@ def test_windows_across_tile_boundaries_are_found():
     cell = w / GRID_CELLS
     _, h = window_size_px(MPP)
     assert brute_max(pts, w - cell, h - cell, extent) <= hs.count <= brute_max(pts, w, h, extent)
+
+
+def test_the_window_is_centred_on_the_points_it_counts():
+    pts = np.array([(20_000, 15_000), (20_200, 15_100), (19_900, 15_050)], float)
+    hs = hotspot(pts, MPP, (60_000, 40_000))
+    w, h = window_size_px(MPP)
+    cx, cy = hs.x + hs.w / 2, hs.y + hs.h / 2
+    mid_x, mid_y = (pts[:, 0].min() + pts[:, 0].max()) / 2, (pts[:, 1].min() + pts[:, 1].max()) / 2
+    assert abs(cx - mid_x) <= 2 * w / GRID_CELLS and abs(cy - mid_y) <= 2 * w / GRID_CELLS

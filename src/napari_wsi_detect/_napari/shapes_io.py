@@ -68,6 +68,9 @@ TEXT_COLOR = "#00ff8c"
 TEXT_SIZE = 9  # points, on screen (napari text does not scale with zoom)
 MAX_LABELS = 500  # score labels on the best regions only (text costs per string)
 EDGE_PX = 2.0  # edge width on screen, kept by layers.ReadableEdges as the camera zooms
+# Points are sized in µm (data units); napari clamps their drawn size to these screen
+# pixels, so zoomed out to a whole slide they stay visible instead of shrinking to dust.
+POINT_SCREEN_PX = (7.0, 10_000.0)
 SIMPLIFY_CELLS = 0.75  # display simplification tolerance, in map cells (< 1 cell)
 EXACT_KEY = "exact_regions"
 # Feature columns with a meaning of their own; any other numeric column is a measurement.
@@ -218,6 +221,7 @@ def features_to_layers(
                 "face_color": np.asarray(pcolors),
                 "border_color": "white",
                 "size": _point_size(mpp),
+                "canvas_size_limits": POINT_SCREEN_PX,
                 "metadata": meta,
                 **placement(mpp),
             },

@@ -23,7 +23,7 @@ import numpy as np
 
 from .geojson import MITOSIS_CLASS, Feature, shape_to_geometry
 
-HOTSPOT_CLASS = ("Hotspot", (255, 64, 160))  # magenta: apart from H&E and the mitoses
+HOTSPOT_CLASS = ("Hotspot", (0, 200, 255))  # light blue: stands out on H&E and inferno
 
 
 def mitosis_feature(m: Any) -> Feature:

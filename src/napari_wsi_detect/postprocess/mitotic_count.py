@@ -79,7 +79,8 @@ def hotspot(xy0: Any, mpp: float, extent0: tuple[float, float],
     `tissue` (a `slide.tissue.TissueMask`): windows covering less than `min_tissue` of
     tissue are passed over when any window covers more (a window half off the section
     is not a field a pathologist would count); ties in count go to the window with more
-    tissue, then to the top-most, left-most. Points outside the slide are ignored.
+    tissue, then to the middle of the tied positions (the points centred in the window;
+    across tiles, the top-most). Points outside the slide are ignored.
     """
     width0, height0 = (float(extent0[0]), float(extent0[1]))
     if not (math.isfinite(width0) and math.isfinite(height0)) or width0 <= 0 or height0 <= 0:
@@ -185,7 +186,11 @@ def _best_in_tile(row: np.ndarray, col: np.ndarray, tr: int, tc: int, g: _Grid,
         best = box[ok].max()
         ties = ok & (box == best)
         top = frac[ties].max()
-        r, c = np.unravel_index(int(np.argmax(ties & (frac >= top))), box.shape)
+        rr, cc = np.nonzero(ties & (frac >= top))
+        # Equal windows form a block (the same points, the window slid around them):
+        # take its middle, so the points sit in the window's centre, not at a corner.
+        k = int(np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2))
+        r, c = rr[k], cc[k]
         out.append(((int(best), float(top), -(r0 + int(r)), -(c0 + int(c))), qualified))
     return out
 
