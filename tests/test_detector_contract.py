@@ -30,6 +30,17 @@ def _scannet(path, **extra):
                       {"mpp": 0.243, "task": "metastases", **extra})[0]
 
 
+def _segmitos(path, **extra):
+    import torch
+
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.segmitos import SegMitosFCN
+
+    torch.manual_seed(0)
+    return save_model(SegMitosFCN(width=0.0625), path,
+                      {"mpp": 0.25, "task": "mitoses", **extra})[0]
+
+
 def _h2g(path, **extra):
     import torch
 
@@ -43,7 +54,7 @@ def _h2g(path, **extra):
     return save_model(net, path, {"mpp": 0.243, "task": "tumour", **extra})[0]
 
 
-TEST_MODELS = {"metastases": _scannet, "tumour": _h2g}
+TEST_MODELS = {"metastases": _scannet, "mitoses": _segmitos, "tumour": _h2g}
 
 
 def test_every_registered_detector_has_a_test_model() -> None:
