@@ -1,7 +1,8 @@
 """`wsi-detect` command line: thin wrappers over the package's functions.
 
 Each sub-command lives in `commands/<name>.py` with `register(subparsers)`, which adds
-its parser and sets `func`. Errors of the package's own types print one line and exit 2.
+its parser and sets `func`. Errors of the package's own types print one line and exit 2;
+Ctrl-C prints one line and exits 130 (see docs/errors.md).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    # Ctrl-C anywhere, imports included (building the parser imports every command),
+    # ends in one line and exit 130; a run's own handler keeps its store resumable.
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except WsiDetectError as exc:
         print(f"wsi-detect: error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -49,14 +50,17 @@ def progress_bar(quiet: bool, desc: str = "detect") -> tuple[Any, Any]:
     return bar, update
 
 
-def cancel_on_sigint(cancel: threading.Event, bar: Any = None) -> Any:
+def cancel_on_sigint(cancel: threading.Event, bar: Any = None,
+                     graceful: Callable[[], bool] | None = None) -> Any:
     """First Ctrl-C: stop after the ROI in flight (clean, resumable). Second: interrupt
-    at once. Returns the previous handler (None when not in the main thread)."""
+    at once. While `graceful()` is False (before the first ROI: opening, model, tissue,
+    planning) there is nothing to finish, so the first Ctrl-C interrupts at once.
+    Returns the previous handler (None when not in the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: Any) -> None:
-        if cancel.is_set():
+        if cancel.is_set() or (graceful is not None and not graceful()):
             raise KeyboardInterrupt
         cancel.set()
         # On its own line, not glued to the progress bar.

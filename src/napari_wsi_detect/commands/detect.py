@@ -14,6 +14,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..errors import CancelledError
@@ -87,18 +88,21 @@ def run(args: argparse.Namespace) -> int:
         use_tissue=not args.no_tissue_mask, overwrite=args.overwrite,
     )
     cancel = threading.Event()
+    tiles = threading.Event()  # set when the first ROI starts: Ctrl-C then finishes it
     bar, update = progress_bar(args.quiet, desc=det.task)
-    previous = cancel_on_sigint(cancel, bar)
+    previous = cancel_on_sigint(cancel, bar, graceful=tiles.is_set)
     try:
         try:
-            result = detect(request, cancel, progress=update)
+            result = detect(request, cancel, progress=update,
+                            on_start=lambda started: tiles.set())
         except KeyboardInterrupt:
-            # Ctrl-C landed outside the runner's loop (e.g. while writing a tile): the
-            # store is still consistent (chunk first, flag second), so it is resumable.
+            # Ctrl-C before the tiles, or a second one: the store is still consistent
+            # (chunk first, flag second) and the output set is replaced all or none.
+            partial = Path(args.out) / "heatmap.zarr.partial"
             raise CancelledError(
-                f"interrupted; the partial heatmap is kept in {args.out}/heatmap.zarr.partial:"
-                " run the same command again to resume"
-            ) from None
+                f"interrupted; the partial heatmap is kept in {partial}: run the same "
+                "command again to resume" if partial.is_dir() else
+                "interrupted before any ROI was computed; nothing was written") from None
     except CancelledError as exc:
         if bar is not None:
             bar.close()

@@ -289,16 +289,19 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
 
 def detect(request: DetectionRequest, cancel: threading.Event | None = None, *,
            progress: ProgressFn | None = None, on_tile: Callable[[Any], None] | None = None,
-           slide: Any = None, model: Any = None, tissue_mask: Any = None
-           ) -> DetectionResult:
+           slide: Any = None, model: Any = None, tissue_mask: Any = None,
+           on_start: Callable[[RunStarted], None] | None = None) -> DetectionResult:
     """Run `request` to the end and return its result (written to `request.out` when
-    given). A cancelled run raises CancelledError and keeps the partial store."""
+    given). A cancelled run raises CancelledError and keeps the partial store.
+    `on_start` is called when the tiles begin (the CLI's Ctrl-C turns graceful then)."""
     from ..engine.run import HeatmapTile
 
     outcome: JobOutcome | None = None
     for event in detection_events(request, cancel, progress=progress, slide=slide,
                                   model=model, tissue_mask=tissue_mask):
-        if isinstance(event, HeatmapTile) and on_tile is not None:
+        if isinstance(event, RunStarted) and on_start is not None:
+            on_start(event)
+        elif isinstance(event, HeatmapTile) and on_tile is not None:
             on_tile(event)
         elif isinstance(event, JobOutcome):
             outcome = event
