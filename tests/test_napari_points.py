@@ -165,3 +165,20 @@ def test_asap_dot_files_open_as_points_and_export_as_detections(viewer, tmp_path
     if n == 1:
         assert doc["features"][0]["geometry"]["coordinates"] == pytest.approx(
             [23071.5605, 16831.0098], abs=1e-3)
+
+
+def test_a_point_added_in_the_widget_is_a_certain_mitosis(viewer, tmp_path):
+    """The widget's edit rules (result_layers) applied to the mitoses layer: a point
+    added by hand exports as a Mitosis detection with score 1, not NaN."""
+    from napari_wsi_detect._napari import result_layers as rl
+
+    points, _ = add_result_layers(viewer, fake_result())
+    state = rl.SlideResult(slide_layer=None, task="mitoses", regions_layer=points)
+    edits = []
+    rl.watch_edits(state, edits.append)
+    points.add([[500.0, 600.0]])
+    assert edits, "adding a point is an edit"
+    [path] = write_points(str(tmp_path / "m.geojson"), *points.as_layer_data_tuple()[:2])
+    last = json.loads(open(path).read())["features"][-1]["properties"]
+    assert last["measurements"] == {"score": 1.0}
+    assert last["classification"]["name"] == "Mitosis" and last["objectType"] == "detection"

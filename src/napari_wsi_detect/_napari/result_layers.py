@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 HAND_DRAWN = {"region": -1, "is_hole": False, "id": "", "name": "", "max_probability": 1.0,
-              "object_type": "annotation"}
+              "object_type": "annotation", "score": 1.0}  # score: a mitosis added by hand
 
 
 @dataclass
