@@ -211,7 +211,11 @@ def test_otsu_is_holistic_and_banded_processing_changes_nothing() -> None:
     banded = find_mitoses(m, g, min_score=0.3, min_area_um2=8, smoothing_um=2.0,
                           band_rows=17, margin=40)
     assert one.threshold == banded.threshold
-    assert one.mitoses == banded.mitoses and len(one.mitoses) >= 15
+    def rows(res):
+        return np.array([(d.x, d.y, d.score, d.area_um2) for d in res.mitoses])
+
+    assert len(one.mitoses) >= 15
+    np.testing.assert_allclose(rows(banded), rows(one), rtol=1e-9)
     # the threshold is one for the whole map: a copy of the map's top part alone has another
     top = holistic_otsu(m[:60], 1.0)
     assert top != holistic_otsu(m, 1.0)
