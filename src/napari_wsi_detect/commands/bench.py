@@ -11,6 +11,7 @@ BENCHMARKS = {
     "scannet": "Fast ScanNet: dense vs patchwise vs shift-and-stitch, alpha cost, GFLOP/s",
     "wholeslide": "whole-slide detection throughput, peak RSS, I/O wait fraction",
     "prefetch": "training input pipeline: compute-idle fraction with 0 vs N producers",
+    "batch": "cohort on dask: throughput 1 vs 2 workers, per-slide scheduling overhead",
 }
 
 
