@@ -1,6 +1,8 @@
 """Evaluation against ground truth: Camelyon16 FROC and slide AUC (`froc.py`, `auc.py`),
-figures (`plots.py`), and the readers that turn run folders / CSVs / masks /
-annotations into `SlideEval`s (`froc_io.py`).
+figures (`plots.py`), tumour segmentation Dice (`segmentation.py`; inputs in
+`segmentation_io.py`, the mask-vs-truth figure in `segmentation_plot.py`), and the
+readers that turn run folders / CSVs / masks / annotations into `SlideEval`s
+(`froc_io.py`).
 
 Names are imported lazily so `import napari_wsi_detect.evaluation` stays cheap; other
 evaluation modules (detection F1, segmentation Dice) add their names to `_LAZY`.
@@ -26,6 +28,11 @@ _LAZY = {
     "F1Result": "napari_wsi_detect.evaluation.detection",
     "evaluate_f1": "napari_wsi_detect.evaluation.detection",
     "plot_f1_curve": "napari_wsi_detect.evaluation.detection",
+    "SlideDice": "napari_wsi_detect.evaluation.segmentation",
+    "DiceResult": "napari_wsi_detect.evaluation.segmentation",
+    "slide_dice": "napari_wsi_detect.evaluation.segmentation",
+    "summarise_slides": "napari_wsi_detect.evaluation.segmentation",
+    "plot_dice": "napari_wsi_detect.evaluation.segmentation_plot",
 }
 
 __getattr__, __all__ = attach(__name__, _LAZY)
