@@ -330,15 +330,16 @@ def regions_to_layer_data(regions: Iterable[Any], mpp: float | None,
                           name: str = "metastases",
                           metadata: dict[str, Any] | None = None,
                           cell_px: float | None = None,
-                          simplify: float | None = SIMPLIFY_CELLS) -> LayerData:
+                          simplify: float | None = SIMPLIFY_CELLS,
+                          name_prefix: str = "Metastasis") -> LayerData:
     """Shapes layer of `postprocess.regions.Region`s (may be empty) in the result style.
 
     Napari-free, meant for a worker thread. Regions are drawn simplified by `simplify`
     map cells (`cell_px` level-0 px per cell; default: each region's own, from its area
     and cell count; None or 0: exact); the exact rings go into the metadata for export
-    (module docstring)."""
+    (module docstring). `name_prefix` names the features ("Metastasis 3 (p=0.97)")."""
     regions = list(regions)
-    exact = regions_to_features(regions)
+    exact = regions_to_features(regions, name_prefix=name_prefix)
     shown = list(exact)
     if simplify:
         shown = _simplified_features(
