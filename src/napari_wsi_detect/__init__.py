@@ -15,6 +15,7 @@ _LAZY = {
     "open_slide": "napari_wsi_detect.slide",
     "Slide": "napari_wsi_detect.slide.base",
     "detect_metastases": "napari_wsi_detect.api",
+    "detect_mitoses": "napari_wsi_detect.api",
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 

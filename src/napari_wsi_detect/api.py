@@ -1,4 +1,5 @@
-"""Python API: `detect_metastases(slide, ...)` -> `DetectionResult`.
+"""Python API: `detect_metastases(slide, ...)`, `detect_mitoses(slide, ...)` ->
+`DetectionResult`.
 
 A thin keyword front over the one job (detectors/job.py); sliders call
 `result.postprocess(...)`, which never re-runs the network.
@@ -65,4 +66,53 @@ def detect_metastases(
                   model=model if in_memory else None, tissue_mask=tissue_mask)
 
 
-__all__ = ["SUMMARY_KEYS", "DetectionResult", "MetastasisResult", "detect_metastases"]
+def detect_mitoses(
+    slide: Any,
+    model: Any = "mitoses",
+    mpp: float | None = None,
+    device: str = "auto",
+    region: tuple[int, int, int, int] | None = None,
+    out: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    roi_cells: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    min_score: float | None = None,
+    min_area_um2: float | None = None,
+    smoothing_um: float | None = None,
+    n_readers: int = 2,
+    overwrite: bool = False,
+    on_tile: Callable[[Any], None] | None = None,
+    tissue_mask: Any = None,
+    use_tissue: bool = True,
+) -> DetectionResult:
+    """SegMitos mitosis detection on a slide or a plain image field (PNG/TIFF).
+
+    `result.detections.items` are `postprocess.blobs.Mitosis` points (level-0 x, y,
+    score, area_um2); `result.summary()` adds the count per mm² and per 10 HPF and the
+    2.37 mm² hotspot. `mpp`: level-0 µm/px, replacing the slide's (a field without one
+    needs it; otherwise the model's 0.25 is assumed with a warning). `model`: "mitoses"
+    (bundled), a model file, a (module, config) pair or a module. The rest as for
+    `detect_metastases`; sliders: `result.postprocess(min_score=..., min_area_um2=...)`."""
+    opened = None if isinstance(slide, (str, os.PathLike)) else slide
+    in_memory = not isinstance(model, (str, os.PathLike))
+    if opened is not None and mpp is not None:
+        opened.mpp = float(mpp)
+    request = DetectionRequest(
+        task="mitoses",
+        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
+        model="in-memory" if in_memory else os.fspath(model),
+        device=device,
+        params={"min_score": min_score, "min_area_um2": min_area_um2,
+                "smoothing_um": smoothing_um},
+        region=tuple(region) if region is not None else None,
+        out=os.fspath(out) if out is not None else None,
+        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
+        use_tissue=use_tissue, overwrite=overwrite, mpp=mpp if opened is None else None,
+    )
+    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
+                  model=model if in_memory else None, tissue_mask=tissue_mask)
+
+
+__all__ = ["SUMMARY_KEYS", "DetectionResult", "MetastasisResult", "detect_metastases",
+           "detect_mitoses"]

@@ -45,6 +45,17 @@ def add_param_arguments(p: argparse.ArgumentParser, params: Any, model_defaults:
                             f"{param.default:g}{unit})")
 
 
+def mpp_arg(text: str) -> float:
+    """argparse type of --mpp: a finite number in [0.01, 20] µm/px."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mpp must be a number of µm/px, got {text!r}") from None
+    if not 0.01 <= value <= 20:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"--mpp must be in [0.01, 20] µm/px, got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..detectors import available
 
@@ -62,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--roi-cells", type=positive_int, default=None, metavar="T",
                        help="ROI size in map cells (default: the detector's for the device)")
         p.add_argument("--batch-size", type=positive_int, default=None, metavar="B")
+        p.add_argument("--mpp", type=mpp_arg, default=None, metavar="UM_PER_PX",
+                       help="level-0 µm per pixel, replacing the slide's (needed for a "
+                            "PNG/TIFF field without one; else the model's is assumed)")
         p.add_argument("--readers", type=positive_int, default=2,
                        help="slide reader threads (default 2)")
         p.add_argument("--no-tissue-mask", action="store_true",
@@ -85,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         params={p.key: getattr(args, p.key) for p in det.params},
         region=args.region, out=args.out, roi_cells=args.roi_cells,
         batch_size=args.batch_size, n_readers=args.readers,
-        use_tissue=not args.no_tissue_mask, overwrite=args.overwrite,
+        use_tissue=not args.no_tissue_mask, overwrite=args.overwrite, mpp=args.mpp,
     )
     cancel = threading.Event()
     tiles = threading.Event()  # set when the first ROI starts: Ctrl-C then finishes it

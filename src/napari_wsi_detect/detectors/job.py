@@ -52,6 +52,9 @@ class DetectionRequest:
     n_readers: int = 2
     use_tissue: bool = True  # False: every ROI of the region, background included
     overwrite: bool = False
+    # Level-0 µm/px: replaces the slide's own (a PNG/TIFF field carries none; without
+    # it the model's is assumed, with a warning).
+    mpp: float | None = None
 
 
 @dataclass
@@ -132,6 +135,8 @@ def load_checked_model(detector: Any, model: Any, device: Any) -> tuple[Any, dic
     elif isinstance(model, torch.nn.Module):
         net, config = model, dict(model.config()) if hasattr(model, "config") else {}
     else:
+        if model == "demo" and detector.default_model != "demo":
+            model = detector.default_model  # "demo" = the task's bundled model
         net, config = load_model(model, device)
     detector.check_model(config)
     # channels_last: the runner feeds NHWC memory; convs then skip a transpose.
@@ -219,6 +224,10 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
             from ..slide import open_slide
 
             slide = open_slide(request.slide)
+        if request.mpp is not None:
+            if not 0.01 <= float(request.mpp) <= 20:
+                raise WsiDetectError(f"mpp must be in [0.01, 20] µm/px, got {request.mpp}")
+            slide.mpp = float(request.mpp)
         device = resolve_device(request.device)
         t = time.perf_counter()
         net, config = load_checked_model(detector, model if model is not None
