@@ -52,6 +52,12 @@ def test_midogpp_truth_with_csv_detections(tmp_path, capsys):
     data = json.loads((tmp_path / "out" / "f1.json").read_text())
     assert data["f1"]["tp"] == tp and set(data["f1"]["cases"]) == {"001", "002", "003"}
     assert (tmp_path / "f1.png").read_bytes()[:4] == b"\x89PNG"
+    # Every other image's mitoses count as missed with --unmatched-are-empty.
+    assert main(["evaluate", "f1", "--truth", str(coco), "--detections", str(tmp_path),
+                 "--unmatched-are-empty"]) == 0
+    out = capsys.readouterr().out
+    all_fn = sum(a["category_id"] == 1 for a in raw["annotations"]) - tp
+    assert f"TP: {tp}  FP: {fp}  FN: {all_fn}" in out and "cases: 553" in out
 
 
 def test_run_folders_use_their_recorded_pixel_size(tmp_path, capsys):

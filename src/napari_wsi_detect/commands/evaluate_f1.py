@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: recorded, else 0.25)")
     p.add_argument("--threshold", type=_threshold_arg, default=None, metavar="SCORE",
                    help="count only detections with score >= SCORE (default: all given)")
+    p.add_argument("--unmatched-are-empty", action="store_true",
+                   help="count truth cases without detections as cases where nothing was "
+                   "detected (their mitoses are false negatives) instead of leaving them out")
     p.add_argument("--plot", metavar="PNG", help="write the F1/precision/recall vs "
                    "threshold curve here")
     p.add_argument("--json", metavar="JSON", help="write every figure, per case, and the "
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot")
     matched = match_cases(load_point_detections(args.detections),
-                          load_point_truth(args.truth), mpp=args.mpp)
+                          load_point_truth(args.truth), mpp=args.mpp,
+                          unmatched_are_empty=args.unmatched_are_empty)
     for w in matched.warnings:
         print(f"warning: {w}")
     result = evaluate_f1(matched.cases, radius_um=args.radius_um, threshold=args.threshold,

@@ -213,16 +213,57 @@ def evaluate_f1(cases: Sequence[CaseEval], radius_um: float = RADIUS_UM,
     if curve:
         scores = np.concatenate([c.detections[:, 0] for c in cases])
         ts = curve_thresholds(scores)
-        rows = []
-        for t in ts:
-            sums = np.zeros(3, np.int64)
-            for c, _, cand in prepared:
-                sums += _counts(cand, c.detections[:, 0] >= t, len(c.truth))
-            rows.append(precision_recall_f1(*(int(v) for v in sums)))
+        tp_t = sum((_tp_curve(c.detections[:, 0], cand, ts) for c, _, cand in prepared),
+                   np.zeros(len(ts), np.int64))
+        kept_t = len(scores) - np.searchsorted(np.sort(scores), ts, side="left")
+        n_truth = sum(len(c.truth) for c in cases)
+        rows = [precision_recall_f1(int(tp), int(k - tp), int(n_truth - tp))
+                for tp, k in zip(tp_t, kept_t, strict=True)]
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
         result.thresholds = ts
         result.precision_curve, result.recall_curve, result.f1_curve = arr.T.copy()
     return result
+
+
+def _tp_curve(scores: np.ndarray, candidates: Sequence[np.ndarray], ts: np.ndarray
+              ) -> np.ndarray:
+    """True positives of one case at each threshold of `ts` (detections with score >= t),
+    without re-matching the whole case per threshold: truth points only compete within
+    a connected group (truths sharing candidate detections), and a group's count changes
+    only at its own detections' scores. A lone pair (one truth, one detection, no other
+    link: most of them) is a TP exactly while its score is kept."""
+    owners: dict[int, list[int]] = {}
+    for i, cand in enumerate(candidates):
+        for j in cand.tolist():
+            owners.setdefault(j, []).append(i)
+    tp = np.zeros(len(ts), np.int64)
+    lone: list[float] = []
+    seen = np.zeros(len(candidates), bool)
+    for i, cand in enumerate(candidates):
+        if seen[i] or not len(cand):
+            continue
+        if len(cand) == 1 and len(owners[int(cand[0])]) == 1:
+            seen[i] = True
+            lone.append(float(scores[cand[0]]))
+            continue
+        group, todo = set(), [i]  # the truths linked to i through shared detections
+        while todo:
+            k = todo.pop()
+            if k in group:
+                continue
+            group.add(k)
+            for j in candidates[k].tolist():
+                todo.extend(owners[j])
+        members = sorted(group)  # greedy order = truth order
+        seen[members] = True
+        own = np.unique(scores[np.unique(np.concatenate([candidates[k] for k in members]))])
+        sub = [candidates[k] for k in members]
+        values = np.array([np.count_nonzero(greedy_match(sub, scores >= s) >= 0)
+                           for s in own] + [0], np.int64)
+        tp += values[np.searchsorted(own, ts, side="left")]
+    if lone:
+        tp += len(lone) - np.searchsorted(np.sort(np.asarray(lone)), ts, side="left")
+    return tp
 
 
 # --- figure ----------------------------------------------------------------------------------

@@ -131,10 +131,12 @@ def _ids(ids: Iterable[str], limit: int = 20) -> str:
 
 
 def match_cases(detections: Sequence[PointSet], truths: Sequence[PointSet],
-                mpp: float | None = None) -> MatchedCases:
+                mpp: float | None = None, unmatched_are_empty: bool = False
+                ) -> MatchedCases:
     """Pair detections with truth by case id (ignoring case). A detection set without
     truth is an error listing both sides' ids (a misspelt name must not drop a case);
-    truth without detections is left out with a warning."""
+    truth without detections is left out with a warning, or with `unmatched_are_empty`
+    counted as a case where nothing was detected (its mitoses are false negatives)."""
     if mpp is not None:
         mpp = check_level0_mpp(mpp)
     by_id: dict[str, PointSet] = {}
@@ -181,10 +183,20 @@ def match_cases(detections: Sequence[PointSet], truths: Sequence[PointSet],
         out.warnings.append(
             f"no pixel size recorded for {_ids(defaulted)}: the radius uses {DEFAULT_MPP} "
             "µm/px (7.5 µm = 30 px, MIDOG's); pass --mpp if the images have another")
-    left = [t.case_id for k, t in by_id.items() if k not in seen]
-    if left:
+    left = [t for k, t in by_id.items() if k not in seen]
+    if left and unmatched_are_empty:
+        for t in left:
+            value = mpp if mpp is not None else DEFAULT_MPP
+            out.pixel_sizes[t.case_id] = {"mpp": value, "source": "--mpp" if mpp else "default"}
+            out.cases.append(CaseEval(t.case_id, t.xy, np.zeros((0, 3)), value))
+            out.excluded += t.excluded
+        out.warnings.append(f"{len(left)} ground-truth case(s) have no detections: counted "
+                            f"as nothing detected ({sum(len(t) for t in left)} false "
+                            f"negatives): {_ids([t.case_id for t in left], 10)}")
+    elif left:
         out.warnings.append(f"{len(left)} ground-truth case(s) have no detections and are "
-                            f"left out: {_ids(left, 10)}")
+                            f"left out: {_ids([t.case_id for t in left], 10)} (pass "
+                            "--unmatched-are-empty to count their mitoses as missed)")
     if not out.cases:
         raise EvaluationError("no case has both detections and ground truth")
     return out
