@@ -113,7 +113,7 @@ class MitosisDetector(Detector):
     def features(self, detections: Detections) -> list[dict[str, Any]]:
         from ..annotations.points import mitoses_to_features
 
-        return mitoses_to_features(detections.items)
+        return mitoses_to_features(detections.items, detections.extra.get("hotspot"))
 
     def summary_items(self, detections: Detections) -> dict[str, Any]:
         from ..postprocess.mitotic_count import HPF_MM2
