@@ -47,6 +47,8 @@ TRAINING_TASKS: dict[str, tuple[str, str, str]] = {
                    "Fast ScanNet metastasis classifier (244 px patches)"),
     "mitoses": (f"{_P}.mitoses:MitosisTrainConfig", f"{_P}.mitoses:train_mitoses",
                 "SegMitos mitosis segmenter (MIDOG 2021 crops, concentric loss)"),
+    "tumour": (f"{_P}.tumour:TumourTrainConfig", f"{_P}.tumour:train_tumour",
+               "H2G-Net tumour segmentation (MobileNetV2 patches + U-Net refinement)"),
 }
 
 
