@@ -16,6 +16,7 @@ _LAZY = {
     "Slide": "napari_wsi_detect.slide.base",
     "detect_metastases": "napari_wsi_detect.api",
     "detect_mitoses": "napari_wsi_detect.api",
+    "segment_tumour": "napari_wsi_detect.api",
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 

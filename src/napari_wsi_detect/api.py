@@ -1,5 +1,5 @@
-"""Python API: `detect_metastases(slide, ...)`, `detect_mitoses(slide, ...)` ->
-`DetectionResult`.
+"""Python API: `detect_metastases(slide, ...)`, `detect_mitoses(slide, ...)`,
+`segment_tumour(slide, ...)` -> `DetectionResult`.
 
 A thin keyword front over the one job (detectors/job.py); sliders call
 `result.postprocess(...)`, which never re-runs the network.
@@ -114,5 +114,50 @@ def detect_mitoses(
                   model=model if in_memory else None, tissue_mask=tissue_mask)
 
 
+def segment_tumour(
+    slide: Any,
+    model: Any = "tumour",
+    device: str = "auto",
+    region: tuple[int, int, int, int] | None = None,
+    out: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    roi_cells: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    threshold: float | None = None,
+    min_area_um2: float | None = None,
+    refine: int | None = None,
+    n_readers: int = 2,
+    overwrite: bool = False,
+    on_tile: Callable[[Any], None] | None = None,
+    tissue_mask: Any = None,
+    use_tissue: bool = True,
+) -> DetectionResult:
+    """H2G-Net tumour segmentation: stage-1 patch heatmap (MobileNetV2, 256 px patches
+    at ~1 µm/px), then the U-Net refinement once at the end of the run.
+
+    `result.detections.items` are tumour regions with holes (postprocess.regions.Region,
+    level-0 px); `result.detections.extra` has the boolean `mask` on its `geometry`'s
+    grid, `tumour_area_mm2` and `tissue_fraction`. Sliders, never re-running a network:
+    `result.postprocess(threshold=..., min_area_um2=..., refine=0 | 1)` (0 = stage 1
+    alone). `model`: "tumour" (bundled), a model file, a (module, config) pair or a
+    module. The rest as for `detect_metastases`."""
+    opened = None if isinstance(slide, (str, os.PathLike)) else slide
+    in_memory = not isinstance(model, (str, os.PathLike))
+    request = DetectionRequest(
+        task="tumour",
+        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
+        model="in-memory" if in_memory else os.fspath(model),
+        device=device,
+        params={"threshold": threshold, "min_area_um2": min_area_um2, "refine": refine},
+        region=tuple(region) if region is not None else None,
+        out=os.fspath(out) if out is not None else None,
+        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
+        use_tissue=use_tissue, overwrite=overwrite,
+    )
+    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
+                  model=model if in_memory else None, tissue_mask=tissue_mask)
+
+
 __all__ = ["SUMMARY_KEYS", "DetectionResult", "MetastasisResult", "detect_metastases",
-           "detect_mitoses"]
+           "detect_mitoses", "segment_tumour"]
