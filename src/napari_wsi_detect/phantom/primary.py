@@ -102,7 +102,7 @@ def primary_holes(rng: np.random.Generator, outline: np.ndarray, mpp: float) -> 
     for _ in range(want * 30):
         if len(holes) >= want or inner.is_empty:
             break
-        r_px = rng.uniform(0.05, 0.2) * radius_um / mpp
+        r_px = rng.uniform(0.08, 0.3) * radius_um / mpp
         cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
         ring = _blob(rng, cx, cy, r_px)
         hole = Polygon(ring)
