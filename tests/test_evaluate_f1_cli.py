@@ -117,3 +117,30 @@ def test_bad_flag_values_fail_at_parse_time(tmp_path, flag, value):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "f1", "--truth", "t.csv", "--detections", "d.csv", flag, value])
     assert exc.value.code == 2
+
+
+def test_a_real_mitoses_run_folder_evaluates(tmp_path, capsys):
+    """`wsi-detect mitoses` (random weights, a MIDOG crop) -> run folder -> evaluate f1."""
+    torch = pytest.importorskip("torch")
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.segmitos import SegMitosFCN
+
+    crop = shared_file("mitosis-midog21/patches/normal/MIDOG21_10.png")
+    torch.manual_seed(0)
+    model = save_model(SegMitosFCN(width=0.0625), tmp_path / "model" / "m",
+                       {"mpp": 0.25, "task": "mitoses"})[0]
+    run = tmp_path / "run"
+    assert main(["mitoses", str(crop), "--model", str(model), "--mpp", "0.25",
+                 "--no-tissue-mask", "--min-score", "0", "--min-area-um2", "0",
+                 "--out", str(run), "--quiet"]) == 0
+    doc = json.loads((run / "mitoses.geojson").read_text())
+    found = [f["geometry"]["coordinates"] for f in doc["features"]
+             if f["geometry"]["type"] == "Point"]
+    rows = [f"{x + 5},{y}" for x, y in found] + ["5000,5000"]  # one figure never found
+    (tmp_path / "MIDOG21_10.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["evaluate", "f1", "--detections", str(run),
+                 "--truth", str(tmp_path / "MIDOG21_10.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"TP: {len(found)}  FP: 0  FN: 1" in out
+    assert "30 px at 0.25 µm/px (1 case)" in out and "warning" not in out
