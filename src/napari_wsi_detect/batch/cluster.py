@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from ..errors import WsiDetectError
 
 # A worker that dies this many times on one slide makes it a failed row ("killed
@@ -74,6 +76,37 @@ def local_plan(workers: int | None, n_slides: int, gpu: bool,
         # Leave a tenth for the client and the OS page cache of the slides.
         memory_limit = int(psutil.virtual_memory().total * 0.9 / n)
     return n, threads, int(memory_limit)
+
+
+class _IgnoreSigint(WorkerPlugin):
+    """Worker plugin of the LocalCluster: its worker processes ignore SIGINT. A Ctrl-C in
+    the terminal reaches the whole process group; the client then cancels cleanly
+    (slides stop at an ROI boundary), which it cannot do if the workers die first."""
+
+    name = "napari-wsi-detect-ignore-sigint"
+
+    def setup(self, worker: Any) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Processes spawned meanwhile inherit an ignored SIGINT (until the plugin runs)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dashboard(client: Any, local: bool) -> str | None:
@@ -132,7 +165,8 @@ def connect(address: str | None, *, workers: int | None = None, n_slides: int = 
         return
     n, threads, limit = local_plan(workers, n_slides, gpu, memory_limit)
     has_bokeh = importlib.util.find_spec("bokeh") is not None
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    with (dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}),
+          _sigint_ignored()):
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
             resources={"GPU": 1} if gpu else None,
@@ -140,6 +174,7 @@ def connect(address: str | None, *, workers: int | None = None, n_slides: int = 
     try:
         client = Client(cluster)
         try:
+            client.register_plugin(_IgnoreSigint())
             info = ClusterInfo(cluster.scheduler_address, True, n, _dashboard(client, True),
                                torch_threads=threads, memory_limit=limit, gpu=gpu)
             if info.dashboard is None:
