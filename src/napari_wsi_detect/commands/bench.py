@@ -12,6 +12,7 @@ BENCHMARKS = {
     "wholeslide": "whole-slide detection throughput, peak RSS, I/O wait fraction",
     "prefetch": "training input pipeline: compute-idle fraction with 0 vs N producers",
     "batch": "cohort on dask: throughput 1 vs 2 workers, per-slide scheduling overhead",
+    "tumour": "H2G-Net seconds per slide by stage (patches, refinement), memory vs size",
 }
 
 
