@@ -182,3 +182,48 @@ def test_a_point_added_in_the_widget_is_a_certain_mitosis(viewer, tmp_path):
     last = json.loads(open(path).read())["features"][-1]["properties"]
     assert last["measurements"] == {"score": 1.0}
     assert last["classification"]["name"] == "Mitosis" and last["objectType"] == "detection"
+
+
+def test_mitoses_task_in_the_widget_shows_points_and_hotspot(request, qtbot, monkeypatch,
+                                                               phantom_small, tmp_path):
+    """Choose the Mitoses task, run a random-weight SegMitos model on a region of the
+    phantom, open the sliders: the mitoses arrive as a Points layer with their hotspot,
+    and the score line gives the count per mm²."""
+    import torch
+
+    from napari_wsi_detect._napari.widget import DetectWidget
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.segmitos import SegMitosFCN
+    from test_napari_widget import _draw_region, _wait_idle, answer, click, set_value
+
+    torch.manual_seed(0)
+    model = save_model(SegMitosFCN(width=0.0625), tmp_path / "model" / "m",
+                       {"mpp": 0.25, "task": "mitoses"})[0]
+    viewer = napari_viewer(request, show=False)
+    monkeypatch.setenv("WSI_DETECT_CACHE", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viewer.open(str(phantom_small), plugin="napari-wsi-detect")
+    w = DetectWidget(viewer)
+    viewer.window.add_dock_widget(w, name="WSI Detect")
+    w.task_combo.setCurrentIndex(w.task_combo.findData("mitoses"))
+    answer(monkeypatch, "ask_open_file", str(model))
+    click(w.model_button)
+    w.tissue_check.setChecked(False)
+    _draw_region(viewer, (1024, 1024, 512, 512))
+    w.region_combo.setCurrentText("Rectangle (Shapes layer)")
+    click(w.detect_button)
+    _wait_idle(qtbot, w)
+    assert w.last_outcome.status == "done"
+    set_value(w, "min_score", 0.0)  # random weights: keep every blob
+    set_value(w, "min_area_um2", 0.0)
+    _wait_idle(qtbot, w)
+    points = viewer.layers["mitoses"]
+    assert type(points).__name__ == "Points"
+    items = w.result.detections.items
+    assert len(points.data) == len(items) > 0
+    assert np.allclose(points.data, [(m.y, m.x) for m in items])
+    assert points.features["score"].tolist() == pytest.approx([m.score for m in items])
+    spot = viewer.layers["mitoses hotspot"]
+    assert spot.features["count"].tolist() == [w.result.detections.extra["hotspot"].count]
+    assert "per mm²" in w.score_label.text()
