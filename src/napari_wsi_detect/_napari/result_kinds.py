@@ -22,6 +22,7 @@ Builder = Callable[[Any, dict[str, Any], "float | None", str], list[LayerData]]
 _BUILDERS: dict[str, str] = {
     "regions": "napari_wsi_detect._napari.result_kinds:regions_layer_data",
     "points": "napari_wsi_detect._napari.points_io:mitoses_to_layer_data",
+    "mask": "napari_wsi_detect._napari.mask_io:tumour_to_layer_data",
 }
 
 
