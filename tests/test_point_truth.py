@@ -95,6 +95,8 @@ def test_geojson_points_classes_and_scores(tmp_path):
     ("10,20,0.9\n30,40,0.1,imposter\n", [[10, 20]], [0.9], 1),
     ("score,label,y,x\n0.7,1,20,10\n0.2,0,40,30\n", [[10, 20]], [0.7], 1),
     ("", [], None, 0),
+    ("x;y;score\n10.5;20;0.3\n", [[10.5, 20]], [0.3], 0),
+    ("10\t20\n", [[10, 20]], None, 0),
 ])
 def test_csv_points(tmp_path, text, xy, scores, excluded):
     p = tmp_path / "pts.csv"

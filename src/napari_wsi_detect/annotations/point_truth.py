@@ -11,7 +11,8 @@ when the file has them. Formats:
   centre is a point; category "mitotic figure" is truth, "not mitotic figure" (hard
   negatives, imposters) is counted in `excluded`. Boxes are [x1, y1, x2, y2] as MIDOG++
   writes them, or COCO's [x, y, w, h] when some box has x2 <= x1 or y2 <= y1.
-* CSV: `x,y[,score][,label]` per row (level-0 px). A first line with no number in its
+* CSV: `x,y[,score][,label]` per row (level-0 px; `;` or tab separators when the
+  first line has them and no comma). A first line with no number in its
   first two fields is a header; with a header, columns are found by name (`x`, `y`,
   `score`|`probability`|`prob`, `label`|`class`, and `image`|`case`|`slide`|`file`
   for several cases in one file).
@@ -212,7 +213,12 @@ def read_csv_points(path: str | os.PathLike) -> list[PointSet]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"cannot read point file {path}: {exc}") from exc
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(f.strip() for f in r)]
+    head = text.lstrip().split("\n", 1)[0]
+    # Comma-separated; a first line with semicolons or tabs and no comma (European
+    # spreadsheets, MIDOG's own tables) is read with that separator.
+    delimiter = next((d for d in (";", "\t") if d in head and "," not in head), ",")
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter)
+            if any(f.strip() for f in r)]
     if not rows:
         return [PointSet(case_id_from_path(path), _xy([]), path)]
     first = [f.strip() for f in rows[0]]
