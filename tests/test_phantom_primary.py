@@ -148,3 +148,13 @@ def test_cli_primary_flag(tmp_path, capsys):
         main(["phantom", str(tmp_path / "n.tif"), "--primary", "12"])
     assert exc.value.code == 2
     assert not (tmp_path / "n.tif").exists()
+
+
+def test_no_mitoses_or_imposters_in_the_stroma_holes():
+    layout, _ = phantom_layout(1001, (4096, 3072), 0.972, primary=1)
+    assert layout.lesions[0].holes
+    xy = np.array([(f.x, f.y) for f in layout.mitoses + layout.imposters])
+    assert len(xy) > 100
+    assert not layout.hole_at(xy[:, 0], xy[:, 1]).any()
+    lesion = layout.lesion_at(np.array([f.x for f in layout.mitoses]), np.array([f.y for f in layout.mitoses]))
+    assert (lesion == 1).all()  # every mitosis in tumour, none in a hole

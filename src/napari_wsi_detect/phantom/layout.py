@@ -526,6 +526,8 @@ def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: f
             continue
         if layout.lesion_at(np.array([x]), np.array([y]))[0] or _near_lesion(layout, x, y, layout.px(25.0)):
             continue
+        if layout.has_holes and _near_hole(layout, x, y, layout.px(25.0)):
+            continue  # stroma islands in a primary tumour hold no lymphocytes
         if any((x - a) ** 2 + (y - b) ** 2 < layout.px(30.0) ** 2 for a, b in taken):
             continue
         kind = str(rng.choice(IMPOSTER_KINDS, p=[0.35, 0.25, 0.4]))
@@ -537,3 +539,8 @@ def _place_imposters(layout: PhantomLayout, rng: np.random.Generator, density: f
 def _near_lesion(layout: PhantomLayout, x: float, y: float, r: float) -> bool:
     ring = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     return bool(layout.lesion_at(x + r * np.cos(ring), y + r * np.sin(ring)).any())
+
+
+def _near_hole(layout: PhantomLayout, x: float, y: float, r: float) -> bool:
+    ring = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    return bool(layout.hole_at(np.r_[x, x + r * np.cos(ring)], np.r_[y, y + r * np.sin(ring)]).any())
