@@ -64,7 +64,7 @@ def test_end_to_end_writes_the_three_outputs(tmp_path, phantom_small, model_file
     assert res.timings["rois_computed"] == 4  # 2 x 2 ROI blocks of 384 level-0 px
     assert res.slide_score == pytest.approx(float(np.nanmax(res.heatmap)))
     assert sorted(p.name for p in out.iterdir()) == [
-        "heatmap.zarr", "regions.geojson", "summary.json"]
+        "heatmap.zarr", "maps.ome.zarr", "regions.geojson", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(summary)
     assert summary["region_count"] == len(res.regions)

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "batch",
     "bench",
     "demo",
+    "export",
 ]
 
 
@@ -38,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as `wsi-detect: warning: ...`, not Python's file:line + source line."""
+    print(f"wsi-detect: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     # Ctrl-C anywhere, imports included (building the parser imports every command),
     # ends in one line and exit 130; a run's own handler keeps its store resumable.
     try:

@@ -213,6 +213,9 @@ class DetectionResult:
         if replacements and replacements[0][1] == final:
             self.store = HeatmapStore.open(final)
         self.out_dir = out
+        from ..exports import after_write  # the OME-Zarr copy of the maps (issue 16)
+
+        after_write(out, self)
         return out
 
 
