@@ -13,6 +13,7 @@ BENCHMARKS = {
     "prefetch": "training input pipeline: compute-idle fraction with 0 vs N producers",
     "batch": "cohort on dask: throughput 1 vs 2 workers, per-slide scheduling overhead",
     "tumour": "H2G-Net seconds per slide by stage (patches, refinement), memory vs size",
+    "mitoses": "SegMitos seconds per 2048² field and per mm² of tissue, memory vs size",
 }
 
 
