@@ -142,7 +142,8 @@ def _write_mask(group: Any, mask: LabelMask, fmt: Any) -> None:
     levels = pyramid(mask.labels.astype(np.uint32), labels=True)
     values = sorted({int(p["label-value"]) for p in mask.properties} |
                     {int(v) for v in np.unique(mask.labels) if v})
-    meta: dict[str, Any] = {"colors": [{"label-value": v, "rgba": _colour(v)} for v in values]}
+    meta: dict[str, Any] = {"colors": [{"label-value": v, "rgba": _colour(v)} for v in values],
+                            "source": {"image": "../../"}}
     if mask.properties:
         meta["properties"] = mask.properties
     with warnings.catch_warnings():
