@@ -150,3 +150,55 @@ def test_no_mask_layer_without_a_mask(viewer):
     result.detections.extra.pop("mask")
     layers = add_layers(viewer, result)
     assert len(layers) == 1 and len(layers[0].data) == 0
+
+
+def test_tumour_task_in_the_widget_shows_contours_and_mask(request, qtbot, monkeypatch,
+                                                           phantom_small, tmp_path):
+    """Choose the Tumour task, run a random-weight H2G-Net on a region of the phantom,
+    move the threshold on its spin box: the contours (Shapes) and the mask (Labels)
+    arrive, the mask on the slide's µm grid, matching the result's own mask."""
+    import warnings
+
+    import torch
+
+    from napari_wsi_detect._napari.widget import DetectWidget
+    from napari_wsi_detect.models.h2g import H2GNet
+    from napari_wsi_detect.models.io import save_model
+    from test_napari_widget import _draw_region, _wait_idle, answer, click, set_value
+
+    torch.manual_seed(0)
+    net = H2GNet(width=0.1, unet_width=2, refine_size=64, patch=32)
+    model = save_model(net, tmp_path / "model" / "t", {"mpp": 0.243, "task": "tumour"})[0]
+    viewer = napari_viewer(request, show=False)
+    monkeypatch.setenv("WSI_DETECT_CACHE", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viewer.open(str(phantom_small), plugin="napari-wsi-detect")
+    w = DetectWidget(viewer)
+    viewer.window.add_dock_widget(w, name="WSI Detect")
+    w.task_combo.setCurrentIndex(w.task_combo.findData("tumour"))
+    answer(monkeypatch, "ask_open_file", str(model))
+    click(w.model_button)
+    w.tissue_check.setChecked(False)
+    _draw_region(viewer, (1024, 1024, 512, 512))
+    w.region_combo.setCurrentText("Rectangle (Shapes layer)")
+    click(w.detect_button)
+    _wait_idle(qtbot, w)
+    assert w.last_outcome.status == "done"
+    probs = w.result.maps["refined"].values
+    finite = probs[np.isfinite(probs)]
+    # a threshold inside the random model's range, so both tumour and non-tumour exist
+    set_value(w, "threshold", round(float(np.quantile(finite, 0.5)), 2))
+    _wait_idle(qtbot, w)
+    extra = w.result.detections.extra
+    contours = viewer.layers["tumour"]
+    labels = viewer.layers["tumour mask"]
+    assert type(contours).__name__ == "Shapes" and type(labels).__name__ == "Labels"
+    assert np.array_equal(labels.data.astype(bool), extra["mask"])
+    assert 0 < extra["mask"].sum() < extra["mask"].size
+    g = extra["geometry"]
+    mpp = 0.243
+    assert np.allclose(labels.scale, (g.cell_size0 * mpp,) * 2)
+    assert np.allclose(labels.translate, ((g.cell_size0 - 1) / 2 * mpp,) * 2)
+    assert len(contours.data) >= len(w.result.regions) > 0
+    assert "mm²" in w.score_label.text()
