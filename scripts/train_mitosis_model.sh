@@ -8,7 +8,8 @@
 # the flags the bundled model was trained with; a run interrupted (or stopped after ~25
 # min of wall time) resumes exactly where it stopped when the script is run again. Then it
 # copies WORK/mitoses.{safetensors,json} into src/napari_wsi_detect/models/bundled/.
-# The bundled model: 1000 steps of 8 mosaics of 256² px (~70 min on one busy core).
+# The bundled model: 800 steps of 8 mosaics of 256² px (the last 200 at lr/10; ~60 min
+# on one busy core of the 2-core build machine, in three resumed runs).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$REPO/.mitosis-train}"
@@ -19,7 +20,7 @@ resume=()
 "$REPO/.venv/bin/wsi-detect" train mitoses \
   --slides "$SHARED/mitosis-midog21" \
   --annotations "$SHARED/annotations/midogpp/MIDOG++.json" \
-  --out "$WORK" --steps 1000 --val-every 100 --checkpoint-every 50 --no-progress \
+  --out "$WORK" --steps 800 --val-every 100 --checkpoint-every 50 --no-progress \
   "${resume[@]}"
 cp "$WORK/mitoses.safetensors" "$WORK/mitoses.json" "$REPO/src/napari_wsi_detect/models/bundled/"
 echo "bundled: $REPO/src/napari_wsi_detect/models/bundled/mitoses.{safetensors,json}"

@@ -47,7 +47,7 @@ class MitosisTrainConfig:
 
     width: float = _flag(0.125, "channel width multiplier of the VGG16-style backbone")
     variant: str = _flag("8s", "FCN variant", choices=("32s", "16s", "8s"))
-    steps: int = _flag(600, "training steps (the last quarter at lr/10)", min=1)
+    steps: int = _flag(800, "training steps (the last quarter at lr/10)", min=1)
     batch_size: int = _flag(8, "mosaics per step", min=1)
     input_size: int = _flag(256, "mosaic side in px (a multiple of 32)", min=64)
     lr: float = _flag(2e-3, "learning rate")
