@@ -128,10 +128,10 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
         device = resolve_device(_device_for(job))
         request = replace(request, device=str(device))
         net, config, load_s = cached_model(request.model, device)
+        row["model_load_s"] = round(load_s, 3)
         detect(request, cancel, model=(net, config))
         row.update(row_from_folder(request.out))
         row["status"] = "done"
-        row["model_load_s"] = round(load_s, 3)
     except CancelledError as exc:
         row.update(status="cancelled", error=str(exc))
     except WsiDetectError as exc:
