@@ -115,12 +115,7 @@ class TumourDetector(Detector):
                                 float(values["min_area_um2"]))
         cell_mm2 = (g.cell_size0 * g.slide_mpp / 1000.0) ** 2
         area_mm2 = float(sum(r.area_um2 for r in regions)) / 1e6
-        tissue = maps.get("tissue")
-        fraction = None
-        if tissue is not None:
-            tissue_mm2 = float(np.nansum(tissue.values)) * (
-                tissue.geometry.cell_size0 * tissue.geometry.slide_mpp / 1000.0) ** 2
-            fraction = round(area_mm2 / tissue_mm2, 4) if tissue_mm2 > 0 else None
+        fraction = _tissue_fraction(mask, g, maps.get("tissue"))
         finite = np.isfinite(prob)
         score = float(np.max(prob[finite])) if finite.any() else float("nan")
         return Detections("mask", regions, score, seconds=time.perf_counter() - t, extra={
@@ -148,6 +143,21 @@ class TumourDetector(Detector):
         share = f" ({100 * frac:.1f} % of tissue)" if frac is not None else ""
         stage = "" if ex.get("refined") else "   ·   stage 1 only"
         return f"Tumour: {ex.get('tumour_area_mm2', 0.0):.2f} mm²{share}{stage}"
+
+
+def _tissue_fraction(mask: np.ndarray, geometry: Any, tissue: Any) -> float | None:
+    """Share of the tissue (the ``tissue`` map) that the mask covers; None without a
+    tissue map. Counted on the tissue map's grid, so tumour drawn over glass does not
+    count and the share is at most 1."""
+    if tissue is None:
+        return None
+    t = np.nan_to_num(tissue.values, nan=0.0)
+    k = tissue.geometry.alpha // geometry.alpha
+    if k < 1 or tissue.geometry.alpha % geometry.alpha:
+        return None
+    fine = np.repeat(np.repeat(mask, k, axis=0), k, axis=1)[:t.shape[0], :t.shape[1]]
+    total = float(t.sum())
+    return round(float((t * fine).sum()) / total, 4) if total > 0 else None
 
 
 class PatchForward:

@@ -233,6 +233,10 @@ class RefineAugment:
     zoom: float = 0.25  # crop side in [1 − z, 1] of the image, resized back
     stain_sigma: float = 0.1  # H, E concentrations × [1 − σ, 1 + σ] (Macenko vectors)
     stain_bias: float = 0.05
+    # The stage-1 maps of training slides come from a model that saw those slides, so
+    # they are cleaner than on new ones: h ** γ, γ in [1/(1+g), 1+g], makes the U-Net
+    # read the map's shape rather than trust its level (not in the paper).
+    heat_gamma: float = 1.0
 
 
 class RefineBatchSource:
@@ -289,6 +293,8 @@ def augment_refine(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
     zoom = 1.0 - float(rng.uniform(0.0, 1.0)) * (cfg.zoom if cfg else 0.0)
     alpha = 1.0 + rng.uniform(-1, 1, 2) * (cfg.stain_sigma if cfg else 0.0)
     bias = rng.uniform(-1, 1, 2) * (cfg.stain_bias if cfg else 0.0)
+    g = cfg.heat_gamma if cfg else 0.0
+    gamma = float(np.exp(rng.uniform(-1.0, 1.0) * np.log1p(g)))
     side = max(crop, int(round(s * zoom)))
     top, left = (int(rng.integers(s - side + 1)) for _ in range(2))
     x = x[:, top:top + side, left:left + side]
@@ -301,6 +307,8 @@ def augment_refine(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
         matrix = macenko_stain_matrix(rgb[::4, ::4].astype(np.uint8))
         rgb = stain_jitter(rgb, alpha, bias, RUIFROK_HED if matrix is None else matrix)
         x = np.concatenate([np.clip(rgb / 255.0, 0, 1).transpose(2, 0, 1), x[3:]], 0)
+    if gamma != 1.0:
+        x = np.concatenate([x[:3], np.clip(x[3:], 0.0, 1.0) ** gamma], 0)
     if cfg is not None and cfg.rotate90 and k90:
         x, y = np.rot90(x, k90, axes=(1, 2)), np.rot90(y, k90)
     if cfg is not None and cfg.flip and fh:
