@@ -214,3 +214,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
                                          "--masks", str(tmp_path / "nope"))
     assert "is a folder" in err("--truth", str(rgb), "--masks", str(tmp_path / "run"),
                                 "--json", str(tmp_path))
+
+
+def test_a_run_over_a_region_is_scored_inside_it(tmp_path, capsys):
+    t = np.zeros((10, 20), np.uint8)
+    t[2:5, 2:18] = 1  # tumour across the whole width
+    write_mask(tmp_path / "r.tumour-mask.tif", t, mpp=0.5)
+    write_run(tmp_path / "run", "r.tif", 640, 320, [[square(64, 64, 320, 160)]])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary["parameters"] = {"region": [0, 0, 320, 320]}  # the left half (cols 0-9)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+    assert main(["evaluate", "dice", "--truth", str(tmp_path / "r.tumour-mask.tif"), "--masks",
+                 str(tmp_path / "run"), "--json", str(tmp_path / "o.json")]) == 0
+    assert "scored inside the run's region only" in capsys.readouterr().out
+    (s,) = json.loads((tmp_path / "o.json").read_text())["slides"]
+    assert (s["tp"], s["fp"], s["fn"]) == (24, 0, 0)  # rows 2-4 x cols 2-9 inside the region

@@ -60,6 +60,7 @@ class MaskSource:
     exclusion: list[Any] | None = None
     slide_size: tuple[int, int] | None = None  # level-0 (width, height) when recorded
     mpp: float | None = None  # level-0 µm/px when recorded
+    region: tuple[float, float, float, float] | None = None  # level-0 x, y, w, h a run covered
 
     def grid(self, shape: tuple[int, int]) -> np.ndarray:
         if self.mask is not None:
@@ -178,7 +179,29 @@ def read_run_folder(folder: Path) -> MaskSource:
         size = (w, h)
     tumour, exclusion = read_tumour_polygons(results)
     return MaskSource(sid, results, tumour=tumour, exclusion=exclusion, slide_size=size,
-                      mpp=_summary_mpp(summary, folder / RUN_SUMMARY))
+                      mpp=_summary_mpp(summary, folder / RUN_SUMMARY),
+                      region=_region(summary, folder))
+
+
+def _region(summary: dict, folder: Path) -> tuple[float, float, float, float] | None:
+    params = summary.get("parameters")
+    region = params.get("region") if isinstance(params, dict) else None
+    if region is None:
+        return None
+    if (not isinstance(region, list) or len(region) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in region)
+            or region[2] <= 0 or region[3] <= 0):
+        raise EvaluationError(f"{folder / RUN_SUMMARY}: its region {region!r} is not "
+                              "[x, y, width, height] in level-0 px; the summary is damaged")
+    return tuple(float(v) for v in region)
+
+
+def region_cells(region: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
+    """Cells of the grid whose centre lies in the level-0 rectangle (x, y, w, h)."""
+    x, y, w, h = region
+    rows = (np.arange(shape[0]) + 0.5) * DS
+    cols = (np.arange(shape[1]) + 0.5) * DS
+    return ((rows >= y) & (rows < y + h))[:, None] & ((cols >= x) & (cols < x + w))[None, :]
 
 
 def _results_file(folder: Path, summary: dict) -> Path:
@@ -285,6 +308,13 @@ def score_pair(truth: MaskSource, pred: MaskSource, mpp: float | None = None
                         f"({shape[1]} x {shape[0]} cells)")
     check_mask_cells(shape, f"slide {sid}")
     t, p = truth.grid(shape), pred.grid(shape)
+    if pred.region is not None:
+        # the run looked at a region only: truth elsewhere was never its to find
+        inside = region_cells(pred.region, shape)
+        t, p = t & inside, p & inside
+        x, y, w, h = (int(v) for v in pred.region)
+        warnings.append(f"slide {sid}: scored inside the run's region only "
+                        f"(x {x}, y {y}, {w} x {h} px level 0)")
     cell_mm2 = None if use_mpp is None else (DS * use_mpp / 1000.0) ** 2
     scores = slide_dice(t, p, sid, cell_mm2)
     scores.truth_source, scores.prediction_source = str(truth.source), str(pred.source)
