@@ -208,6 +208,19 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         files = QHBoxLayout()
         for b in (self.export_button, self.save_button, self.open_button):
             files.addWidget(b)
+        self.qupath_button = QPushButton("Export for QuPath…")
+        self.qupath_button.setToolTip(
+            "Write the heatmap as a pyramidal OME-TIFF overlay (µm pixel size, the slide's "
+            "origin) and the result layer as edited as QuPath GeoJSON beside it")
+        self.qupath_button.clicked.connect(lambda: self.export_qupath())
+        self.ngff_button = QPushButton("Export OME-Zarr…")
+        self.ngff_button.setToolTip(
+            "Write the maps and masks as OME-Zarr (NGFF 0.4, µm) for napari-ome-zarr, "
+            "QuPath and other NGFF readers")
+        self.ngff_button.clicked.connect(lambda: self.export_ngff())
+        others = QHBoxLayout()
+        for b in (self.qupath_button, self.ngff_button):
+            others.addWidget(b)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -215,6 +228,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         layout.addWidget(self.status_label)
         layout.addWidget(post)
         layout.addLayout(files)
+        layout.addLayout(others)
         layout.addStretch(1)
         self._build_param_controls()
 

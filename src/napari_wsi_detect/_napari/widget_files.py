@@ -90,7 +90,7 @@ class RunFilesMixin:
         if not folder:
             return
         folder = Path(folder)
-        layer = self.slide_layer()
+        layer = self._slide_for_run(folder)
         result = run_files.load_run(folder, layer, slide_shape0(layer))
         det = get_detector(result.task)
         self.task_combo.setCurrentIndex(max(0, self.task_combo.findData(det.task)))
@@ -124,3 +124,89 @@ class RunFilesMixin:
         self.status_label.setText(
             f"Opened the run in {folder}" + ("" if result.complete else
                                              "; its map is partial: Detect resumes it"))
+
+    def _slide_for_run(self, folder: Path) -> Any:
+        """The slide layer a run folder is shown on: the open layer of the slide its
+        summary names; else the chosen slide when it has the run's size; else the
+        slide opened from the path the summary records (one action: slide + heatmap +
+        results). SlideOpenError when that slide is no longer there."""
+        from napari_wsi_detect._napari.run_reader import run_slide_path
+        from napari_wsi_detect.detectors.result import read_summary
+
+        summary = read_summary(folder) if (folder / "summary.json").is_file() else {}
+        slide = summary.get("slide") or {}
+        recorded = slide.get("path")
+        if recorded:
+            want = Path(recorded).resolve()
+            for layer in self.viewer.layers:
+                path = (layer.metadata or {}).get("path") if getattr(layer, "rgb", False) else None
+                if path and Path(path).resolve() == want:
+                    self.slide_combo.setCurrentText(layer.name)
+                    return layer
+        try:
+            current = self.slide_layer()
+        except WsiDetectError:
+            current = None
+        size = (slide.get("height"), slide.get("width"))
+        if current is not None and (not recorded or slide_shape0(current) == size):
+            return current
+        if not recorded:
+            return self.slide_layer()  # no slide: its message says how to open one
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a slide without pixel size says so in the layer
+            [layer] = self.viewer.open(str(run_slide_path(summary, folder)),
+                                       plugin="napari-wsi-detect")
+        self._refresh_slides()
+        self.slide_combo.setCurrentText(layer.name)
+        return layer
+
+    def _export_view(self) -> tuple[Any, Any]:
+        """(slide result state, RunView of its result as the sliders have it)."""
+        from napari_wsi_detect.exports.run_view import view_of
+
+        state = self._current_state()
+        if state is None or state.result is None:
+            raise WsiDetectError("no result to export yet: run Detect or Open run… first")
+        return state, view_of(state.result, state.out_dir)
+
+    @notify_errors
+    def export_qupath(self) -> Path | None:
+        """The heatmap as a pyramidal OME-TIFF overlay and the result layer (as edited)
+        as QuPath GeoJSON beside it (docs/results-elsewhere.md says what to click)."""
+        from napari_wsi_detect._napari.shapes_io import layer_to_features
+        from napari_wsi_detect.annotations.geojson import write_geojson
+        from napari_wsi_detect.exports.qupath import default_overlay_name, write_overlay
+
+        state, view = self._export_view()
+        path = _hooks().ask_save_file(self, "Export for QuPath", default_overlay_name(view),
+                                      "OME-TIFF (*.ome.tif *.ome.tiff)")
+        if not path:
+            return None
+        overlay = write_overlay(view, path)
+        geojson = overlay.parent / view.detector.results_file
+        if state.regions_layer is not None and state.regions_layer in self.viewer.layers:
+            features = layer_to_features(state.regions_layer,
+                                         state.slide_layer.metadata.get("mpp"))
+        else:
+            features = state.result.features()
+        write_geojson(geojson, features)
+        self.status_label.setText(f"Exported the overlay {overlay.name} and "
+                                  f"{geojson.name} to {overlay.parent}")
+        return overlay
+
+    @notify_errors
+    def export_ngff(self) -> Path | None:
+        """The maps and masks as OME-Zarr (NGFF 0.4) in a folder chosen in a dialog."""
+        from napari_wsi_detect.exports.ngff import write_ngff
+
+        state, view = self._export_view()
+        stem = Path(str(state.slide_layer.metadata.get("path", "slide"))).stem
+        path = _hooks().ask_save_file(self, "Export OME-Zarr", f"{stem}-{view.task}.ome.zarr",
+                                      "OME-Zarr (*.ome.zarr)")
+        if not path:
+            return None
+        out = write_ngff(view, path)
+        self.status_label.setText(f"Exported the maps as OME-Zarr to {out}")
+        return out
