@@ -47,7 +47,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.showwarning = _one_line_warning
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     # Ctrl-C anywhere, imports included (building the parser imports every command),
     # ends in one line and exit 130; a run's own handler keeps its store resumable.
     try:

@@ -190,18 +190,58 @@ def write_geojson(path: str | os.PathLike, features: Iterable[Feature | dict[str
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_geojson_object(path: str | os.PathLike) -> Any:
-    """The parsed JSON of a .geojson / .json / .geojson.gz file."""
+# Parsed JSON takes several times its text in memory: beyond this an annotation file
+# (or what a .gz holds) is refused rather than parsed into gigabytes.
+MAX_JSON_BYTES = 512 * 1024 * 1024
+
+
+def _too_large(path: Path, what: str) -> AnnotationError:
+    return AnnotationError(
+        f"{path.name} {what} more than {MAX_JSON_BYTES >> 20} MiB of JSON, beyond any "
+        "annotation export this package reads (parsing it would take many GB of memory); "
+        "split it, or export only the annotations needed")
+
+
+def load_geojson_object(path: str | os.PathLike, max_features: int | None = None,
+                        too_many: str = "") -> Any:
+    """The parsed JSON of a .geojson / .json / .geojson.gz file (at most MAX_JSON_BYTES
+    of text, also after decompression: a gzip bomb is refused, not inflated). With
+    `max_features`, a file with more `"Feature"` objects is refused before parsing
+    (parsing 200k features alone takes seconds), `too_many` saying what to do."""
+    import zlib
+
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise _too_large(path, "holds")
         raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise AnnotationError(f"annotation file not found: {path}") from exc
     except OSError as exc:
         raise AnnotationError(f"cannot read annotation file {path}: {exc}") from exc
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise AnnotationError(f"{path.name} is a damaged gzip file ({exc})") from exc
+        parts: list[bytes] = []
+        size = 0
+        while raw:  # member by member (a .gz may hold several), never past the limit
+            inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            try:
+                part = inflate.decompress(raw, MAX_JSON_BYTES + 1 - size)
+            except zlib.error as exc:
+                raise AnnotationError(f"{path.name} is a damaged gzip file ({exc})") from exc
+            size += len(part)
+            parts.append(part)
+            if size > MAX_JSON_BYTES:
+                raise _too_large(path, "uncompresses to")
+            if not inflate.eof:
+                raise AnnotationError(f"{path.name} is a truncated gzip file")
+            raw = inflate.unused_data
+        raw = b"".join(parts)
+    if max_features is not None:
+        count = raw.count(b'"Feature"')
+        if count > max_features:
+            raise AnnotationError(
+                f"{path.name} holds {count} features, more than the {max_features} "
+                f"allowed here{'; ' + too_many if too_many else ''}")
     return parse_json_bytes(raw, path)
 
 

@@ -40,6 +40,10 @@ EXCLUSION_CLASSES = frozenset({"_2", "exclusion", "exclude", "ignore", "negative
                                "non-tumor", "non-tumour"})
 ANNOTATION_SUFFIXES = (".geojson", ".geojson.gz", ".json", ".xml")
 
+# Camelyon16 truths hold at most a few hundred outlines per slide; far more is a cell
+# export given as truth, and rasterising each would run for minutes.
+MAX_TRUTH_FEATURES = 20_000
+
 Polygons = list[Any]  # shapely Polygons (kept Any: shapely is imported lazily)
 
 
@@ -63,7 +67,12 @@ def read_tumour_polygons(path: str | os.PathLike) -> tuple[Polygons, Polygons]:
         return _from_asap(path)
     from .geojson import load_geojson_object, parse_geojson
 
-    data = load_geojson_object(path)
+    # Rasterising each of 200k outlines would run for minutes: refused unparsed.
+    data = load_geojson_object(
+        path, max_features=MAX_TRUTH_FEATURES,
+        too_many="a tumour truth has at most a few thousand outlines, so this looks like a "
+                 "cell or detection export: give detections with --detections, or merge "
+                 "the outlines")
     if _is_ncrf(data):
         return _from_ncrf(path)
     return _from_features(parse_geojson(data, source=path.name), path.name)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CancelledError, ModelFileError, WsiDetectError
+from ..errors import CancelledError, EmptyTissueError, ModelFileError, WsiDetectError
 from .outdir import RunFolderLock, check_out_dir, finish_commit
 from .result import DetectionResult
 
@@ -187,12 +187,34 @@ def run_tiles(prep: PreparedRun, slide: Any, rois: list[Any] | None = None, stor
                          normalisation=prep.normalisation)
 
 
-def _open_store(prep: PreparedRun, out: str | None, overwrite: bool) -> Any:
+def _forget_tile(store: Any, tile: Any, fresh: bool) -> None:
+    """A tile with NaN/inf is not a result: unmark it, and remove a store this run
+    created when nothing valid is in it (a broken model leaves no half-made folder)."""
+    import shutil
+
+    t = store.roi_cells
+    store.computed[tile.r0 // t, tile.c0 // t] = 0
+    if fresh and store.path is not None and not store.computed_blocks().any():
+        shutil.rmtree(store.path, ignore_errors=True)
+
+
+def _slide_identity(slide: Any) -> dict[str, Any] | None:
+    """File name and size of the slide, recorded in the store (see HeatmapStore.create)."""
+    path = Path(str(getattr(slide, "path", "") or ""))
+    try:
+        return {"name": path.name, "bytes": path.stat().st_size} if path.name else None
+    except OSError:
+        return None
+
+
+def _open_store(prep: PreparedRun, out: str | None, overwrite: bool,
+                slide: Any = None) -> Any:
     from ..engine.heatmap import HeatmapStore, open_run_store
 
     if out is not None:
         return open_run_store(out, prep.geometry, prep.roi_cells, prep.model_name,
-                              prep.fingerprint, overwrite=overwrite)
+                              prep.fingerprint, overwrite=overwrite,
+                              slide=_slide_identity(slide))
     return HeatmapStore.create(None, prep.geometry, prep.roi_cells, prep.model_name,
                                prep.fingerprint)
 
@@ -219,7 +241,9 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
     timings: dict[str, Any] = {}
     try:
         if request.out is not None:
-            finish_commit(request.out, locked=True)  # a set a kill left committed
+            # a set a kill left committed is installed; a damaged journal is dropped,
+            # since this run rewrites the whole set
+            finish_commit(request.out, locked=True, rewrite=True)
         if owned:
             from ..slide import open_slide
 
@@ -241,11 +265,16 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
 
             tissue = compute_tissue_mask(slide)
         timings["tissue_s"] = round(time.perf_counter() - t, 4)
-        prep = prepare_run(detector, slide, net, config, options=options, device=device,
-                           model_arg=request.model if model is None else model,
-                           region=request.region, roi_cells=request.roi_cells,
-                           batch_size=request.batch_size, tissue=tissue)
-        store = _open_store(prep, request.out, request.overwrite)
+        try:
+            prep = prepare_run(detector, slide, net, config, options=options, device=device,
+                               model_arg=request.model if model is None else model,
+                               region=request.region, roi_cells=request.roi_cells,
+                               batch_size=request.batch_size, tissue=tissue)
+        except EmptyTissueError as exc:
+            raise EmptyTissueError(
+                f"{Path(str(getattr(slide, 'path', request.slide))).name}: {exc}; if the "
+                "tissue is faint, run with --no-tissue-mask (use_tissue=False)") from None
+        store = _open_store(prep, request.out, request.overwrite, slide)
         todo = store.pending(prep.rois)
         yield RunStarted(detector.task, prep.geometry, store, config, dict(options),
                          dict(params), len(prep.rois), len(todo), str(device), request.out)
@@ -255,6 +284,7 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
         try:
             for tile in runner:
                 if not np.isfinite(tile.probs).all():
+                    _forget_tile(store, tile, fresh=len(todo) == len(prep.rois))
                     raise ModelFileError(
                         f"the model {prep.model_name!r} produced non-finite values (NaN/inf) "
                         f"on ROI {tile.roi_index}: its weights are broken; results would be "

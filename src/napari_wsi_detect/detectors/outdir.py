@@ -219,11 +219,12 @@ def _finish(out: Path) -> None:
             shutil.rmtree(aside, ignore_errors=True)
 
 
-def finish_commit(out: str | os.PathLike, locked: bool = False) -> bool:
+def finish_commit(out: str | os.PathLike, locked: bool = False, rewrite: bool = False) -> bool:
     """Install an output set whose writing was interrupted after its commit point, and
     remove temporaries of an uncommitted one. True when a set was installed. Unless
     `locked` (the caller holds the folder's lock) the lock is taken for the moment; a
-    run writing the folder right now is an OutputFolderError."""
+    run writing the folder right now is an OutputFolderError. With `rewrite` (a run
+    that will write a whole new set) an unreadable journal is dropped, not an error."""
     from .._atomic import TMP_SUFFIX
 
     out = Path(out)
@@ -243,6 +244,11 @@ def finish_commit(out: str | os.PathLike, locked: bool = False) -> bool:
             f"not writable ({exc.strerror}): run the detection again where it can write") from None
     try:
         _finish(out)
+    except OutputFolderError:
+        if not rewrite:
+            raise
+        journal.unlink(missing_ok=True)
+        return finish_commit(out, locked=True)
     except OSError as exc:
         raise OutputFolderError(
             f"cannot finish writing the outputs in {out} ({exc.strerror}): run the "

@@ -90,9 +90,12 @@ class HeatmapStore:
         model_name: str,
         params: dict[str, Any] | None = None,
         overwrite: bool = False,
+        slide: dict[str, Any] | None = None,
     ) -> HeatmapStore:
         """Open a store for a run: resume a matching one at `path`, create a new one when
-        absent (or `overwrite`), refuse a mismatching one. `path` None = in memory."""
+        absent (or `overwrite`), refuse a mismatching one. `path` None = in memory.
+        `slide` (file name and size) is recorded and, when both stores have it, must
+        match: a slide of the same size is not resumed into another slide's map."""
         meta = _canonical(
             {
                 "format": FORMAT,
@@ -101,6 +104,7 @@ class HeatmapStore:
                 "model": model_name,
                 "params": params or {},
                 "complete": False,
+                **({"slide": slide} if slide else {}),
             }
         )
         if path is not None:
@@ -144,6 +148,12 @@ class HeatmapStore:
 
     def _check_matches(self, want: dict[str, Any]) -> None:
         have = _canonical(dict(self.group.attrs[ATTR_KEY]))
+        if have.get("slide") and want.get("slide") and have["slide"] != want["slide"]:
+            raise HeatmapStoreError(
+                f"the heatmap at {self.path} was made on another slide "
+                f"({have['slide'].get('name')!r}, {have['slide'].get('bytes')} bytes; this is "
+                f"{want['slide'].get('name')!r}, {want['slide'].get('bytes')} bytes); choose "
+                "another output folder or overwrite it (--overwrite / overwrite=True)")
         for key in ("format", "geometry", "roi_cells", "model", "params"):
             if have.get(key) != want.get(key):
                 raise HeatmapStoreError(
@@ -335,6 +345,7 @@ def open_run_store(
     model_name: str,
     params: dict[str, Any] | None = None,
     overwrite: bool = False,
+    slide: dict[str, Any] | None = None,
 ) -> HeatmapStore:
     """The store a run in `out_dir` writes to: `out_dir/heatmap.zarr.partial`, resumed if
     present, else a copy of a finished matching `heatmap.zarr` (which stays in place until
@@ -345,7 +356,7 @@ def open_run_store(
     partial = out_dir / (FINAL_NAME + PARTIAL_SUFFIX)
     want = _canonical({"format": FORMAT, "geometry": geometry.to_dict(),
                        "roi_cells": int(roi_cells), "model": model_name,
-                       "params": params or {}})
+                       "params": params or {}, "slide": slide})
     if overwrite and partial.exists():
         shutil.rmtree(partial)
     if not partial.exists() and final.exists() and not overwrite:
@@ -364,7 +375,7 @@ def open_run_store(
             raise HeatmapStoreError(
                 f"{exc}: its description is damaged; run again with --overwrite to start "
                 "afresh") from None
-    store = HeatmapStore.create(partial, geometry, roi_cells, model_name, params)
+    store = HeatmapStore.create(partial, geometry, roi_cells, model_name, params, slide=slide)
     store.repair()
     return store
 

@@ -21,7 +21,6 @@ folder, the slide named in summary.json, else the folder name. Matching ignores 
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -140,20 +139,10 @@ def _parses(text: str) -> bool:
 
 
 def _load_json(path: Path) -> object:
-    try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                return json.load(f)
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise AnnotationError(f"file not found: {path}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise AnnotationError(f"{path.name} is not valid JSON/GeoJSON ({exc})") from exc
-    except RecursionError as exc:
-        raise AnnotationError(
-            f"{path.name} is nested too deeply to be a GeoJSON/JSON file of detections or "
-            "annotations; the file is damaged"
-        ) from exc
+    """The one bounded JSON reader of annotation files (gzip, size and nesting checked)."""
+    from ..annotations.geojson import load_geojson_object
+
+    return load_geojson_object(path)
 
 
 def _detection_number(path: Path, i: int, name: str, value: object) -> float:
