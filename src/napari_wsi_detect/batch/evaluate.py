@@ -3,8 +3,12 @@
 
 * "regions": Camelyon16 lesion FROC + slide AUC (`evaluation/froc_io.py`, `froc.py`,
   `auc.py`), on the run folders of the finished slides;
-* "points" (F1 by distance) and "mask" (Dice): run when their evaluator is registered in
-  `EVALUATORS`; until then the report says that evaluation was skipped and why.
+* "points": F1 by the MIDOG rules (`evaluation/detection.py`, `detection_io.py`), as
+  `wsi-detect evaluate f1`;
+* "mask": per-slide Dice, mean ± sd and pooled (`evaluation/segmentation.py`,
+  `segmentation_io.py`), as `wsi-detect evaluate dice`.
+
+A result kind without an evaluator in `EVALUATORS` is reported as skipped, with why.
 
 The result is a JSON-safe dict stored in report.json ("evaluation") and OUT/evaluation.json;
 an evaluation that cannot be done (no truth for a slide, ...) is recorded as an error
@@ -46,8 +50,45 @@ def froc_auc(folders: Sequence[Path], truth: Sequence[str], unmatched_are_normal
     return out
 
 
+def point_f1(folders: Sequence[Path], truth: Sequence[str], unmatched_are_normal: bool
+             ) -> dict[str, Any]:
+    """`unmatched_are_normal` does not apply: a slide without point truth is an error."""
+    from ..evaluation.detection import evaluate_f1
+    from ..evaluation.detection_io import load_point_detections, load_point_truth, match_cases
+
+    matched = match_cases(load_point_detections(folders), load_point_truth(truth))
+    result = evaluate_f1(matched.cases)
+    return {"metric": METRICS["points"], "f1": result.f1, "precision": result.precision,
+            "recall": result.recall, "tp": result.tp, "fp": result.fp, "fn": result.fn,
+            "detail": result.to_dict(), "warnings": list(matched.warnings)}
+
+
+def mask_dice(folders: Sequence[Path], truth: Sequence[str], unmatched_are_normal: bool
+              ) -> dict[str, Any]:
+    """`unmatched_are_normal` does not apply: a slide without a truth mask is an error."""
+    from ..evaluation.segmentation import summarise_slides
+    from ..evaluation.segmentation_io import (
+        load_predictions,
+        load_truth_masks,
+        match,
+        score_pair,
+    )
+
+    pairs, warnings = match(load_truth_masks(truth), load_predictions(folders))
+    slides = []
+    for t, p in pairs:
+        scores, _, _, w = score_pair(t, p)
+        slides.append(scores)
+        warnings += w
+    result = summarise_slides(slides, warnings)
+    return {"metric": METRICS["mask"], "dice": result.dice.mean, "dice_sd": result.dice.sd,
+            "pooled_dice": result.pooled_dice, "detail": result.to_dict(),
+            "warnings": list(warnings)}
+
+
 # result kind -> evaluator(folders, truth paths, unmatched_are_normal) -> dict
-EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {"regions": froc_auc}
+EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "regions": froc_auc, "points": point_f1, "mask": mask_dice}
 
 
 def evaluate_cohort(detector: Any, folders: Sequence[Path], truth: Sequence[str],
@@ -87,7 +128,7 @@ def describe(result: dict[str, Any]) -> list[str]:
         lines.append(f"FROC score: {result['froc_score']:.4f}; slide AUC: "
                      + (f"{auc:.4f}" if auc is not None else "undefined")
                      + f" ({result['slides']} slides)")
-    for key in ("f1", "dice"):
+    for key, label in (("f1", "F1"), ("dice", "Dice (mean over slides)")):
         if isinstance(result.get(key), (int, float)):
-            lines.append(f"{key.upper()}: {result[key]:.4f} ({result['slides']} slides)")
+            lines.append(f"{label}: {result[key]:.4f} ({result['slides']} slides)")
     return lines

@@ -29,7 +29,7 @@ REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
 REPORT_FORMAT = 1
 STATUSES = ("done", "skipped", "failed", "cancelled", "pending")
-# report.csv columns, in order (report.json rows hold these plus `counts`).
+# report.csv columns, in order (report.json rows hold these plus `measures`, ...).
 COLUMNS = (
     "slide", "name", "status", "score", "count", "tumour_area_mm2", "rois_computed",
     "rois_resumed", "seconds", "model_load_s", "inference_s", "total_s", "worker",

@@ -160,20 +160,25 @@ def _count(summary: dict[str, Any]) -> int | None:
 
 
 def _area_mm2(summary: dict[str, Any]) -> float | None:
-    """The detector's reported area (a top-level `*area_mm2` / `*area_um2` number), else
-    the sum of its items' `area_um2` (the metastasis regions)."""
-    for key, value in summary.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if key.endswith("area_mm2"):
-                return round(float(value), 6)
-            if key.endswith("area_um2"):
-                return round(float(value) / 1e6, 6)
-    for value in summary.values():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            areas = [v.get("area_um2") for v in value]
-            if all(isinstance(a, (int, float)) for a in areas):
-                return round(sum(areas) / 1e6, 6)
+    """The detector's `tumour_area_mm2` when it reports one (tumour), else the sum of
+    its regions' `area_um2` (metastases), else None (points have no area)."""
+    value = summary.get("tumour_area_mm2")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(float(value), 6)
+    regions = summary.get("regions")
+    if isinstance(regions, list) and all(isinstance(r, dict) for r in regions):
+        areas = [r.get("area_um2") for r in regions]
+        if all(isinstance(a, (int, float)) for a in areas):
+            return round(sum(areas) / 1e6, 6)
     return None
+
+
+def _measures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The detector's own scalar summary items (counts, densities, areas, ...)."""
+    from ..detectors.result import SUMMARY_KEYS
+
+    return {k: v for k, v in summary.items()
+            if k not in SUMMARY_KEYS and (v is None or isinstance(v, (int, float, str, bool)))}
 
 
 def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +189,7 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "score": score if isinstance(score, (int, float)) and math.isfinite(score) else None,
         "count": _count(summary),
-        "counts": {k: v for k, v in summary.items()
-                   if (k == "count" or k.endswith("_count")) and isinstance(v, int)},
+        "measures": _measures(summary),
         "tumour_area_mm2": _area_mm2(summary),
         "rois_computed": timings.get("rois_computed"),
         "rois_resumed": timings.get("rois_resumed"),
