@@ -229,3 +229,30 @@ def test_a_run_over_a_region_is_scored_inside_it(tmp_path, capsys):
     assert "scored inside the run's region only" in capsys.readouterr().out
     (s,) = json.loads((tmp_path / "o.json").read_text())["slides"]
     assert (s["tp"], s["fp"], s["fn"]) == (24, 0, 0)  # rows 2-4 x cols 2-9 inside the region
+
+
+def test_a_real_tumour_run_folder_scores_against_the_phantom_mask(phantom_small, tmp_path, capsys):
+    """`wsi-detect tumour` (random-weight H2G-Net, threshold 0: every analysed cell is
+    tumour) over a region of the phantom, then `evaluate dice` on its run folder: recall
+    1 and precision = the truth's share of the region's cells, from the mask itself."""
+    import torch
+
+    from napari_wsi_detect.models.h2g import H2GNet
+    from napari_wsi_detect.models.io import save_model
+
+    torch.manual_seed(0)
+    model = save_model(H2GNet(width=0.1, unet_width=2, refine_size=64, patch=32),
+                       tmp_path / "m" / "t", {"mpp": 0.243, "task": "tumour"})[0]
+    x, y, w, h = 1024, 1280, 768, 768  # over the phantom's micro-metastasis
+    assert main(["tumour", str(phantom_small), "--model", str(model), "--region",
+                 f"{x},{y},{w},{h}", "--no-tissue-mask", "--threshold", "0", "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 0
+    mask_path = phantom_small.with_name(phantom_small.stem + ".tumour-mask.tif")
+    assert main(["evaluate", "dice", "--truth", str(mask_path), "--masks", str(tmp_path / "run"),
+                 "--json", str(tmp_path / "d.json")]) == 0
+    (s,) = json.loads((tmp_path / "d.json").read_text())["slides"]
+    truth = tifffile.imread(mask_path)[y // DS:(y + h) // DS, x // DS:(x + w) // DS] > 0
+    assert s["slide_id"] == "phantom" and truth.any()
+    assert s["recall"] == 1.0
+    assert s["tp"] + s["fp"] == truth.size  # the whole region predicted
+    assert s["precision"] == pytest.approx(truth.sum() / truth.size)
