@@ -256,3 +256,22 @@ def test_a_real_tumour_run_folder_scores_against_the_phantom_mask(phantom_small,
     assert s["recall"] == 1.0
     assert s["tp"] + s["fp"] == truth.size  # the whole region predicted
     assert s["precision"] == pytest.approx(truth.sum() / truth.size)
+
+
+def test_one_cell_of_rounding_between_grids_is_accepted(tmp_path, capsys):
+    # a Camelyon-style mask rounds its size down (10 x 20); the run's slide / 32 rounds up
+    t = np.zeros((10, 20), np.uint8)
+    t[1:3, 1:3] = 1
+    write_mask(tmp_path / "q.tumour-mask.tif", t)
+    write_run(tmp_path / "run", "q.tif", 650, 330, [[square(32, 32, 96, 96)]])
+    # a prediction mask one cell larger each way is cut to the truth's grid
+    p = np.zeros((11, 21), np.uint8)
+    p[1:3, 1:3] = 1
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    write_mask(preds / "q.tumour-mask.tif", p)
+    for masks in (tmp_path / "run", preds / "q.tumour-mask.tif"):
+        assert main(["evaluate", "dice", "--truth", str(tmp_path / "q.tumour-mask.tif"),
+                     "--masks", str(masks), "--json", str(tmp_path / "o.json")]) == 0
+        (s,) = json.loads((tmp_path / "o.json").read_text())["slides"]
+        assert s["grid"] == [10, 20] and s["dice"] == 1.0
