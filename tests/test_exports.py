@@ -131,7 +131,7 @@ def test_metastasis_regions_are_ngff_labels_on_the_same_grid(run) -> None:
     assert label.metadata["coordinateTransformations"] == \
         image.metadata["coordinateTransformations"]
     labels = np.asarray(label.data[0])
-    assert labels.dtype == np.uint32 and labels.shape == (96, 128)
+    assert labels.dtype == np.uint8 and labels.shape == (96, 128)
     assert set(np.unique(labels)) - {0} == {r["label"] for r in summary["regions"]}
     s = summary["geometry"]["model_stride"] // summary["geometry"]["alpha"]
     for reg in summary["regions"]:

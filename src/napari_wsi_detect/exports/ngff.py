@@ -9,7 +9,7 @@ Layout::
 
     maps.ome.zarr/            the heatmap: a multiscale float32 image (y, x) in µm
       0/ 1/ ...               levels halved by NaN-aware block means (NaN = not computed)
-      labels/<mask>/          NGFF labels (uint32, 0 = background): the run's masks,
+      labels/<mask>/          NGFF labels (uint8/16/32, 0 = background): the run's masks,
                               e.g. metastases, tumour, mitoses-hotspot (exports/run_view.py)
       <map>/                  each extra map of the store (e.g. refined, tissue) as its
                               own multiscale image (open it by its path)
@@ -58,8 +58,11 @@ AXES = [{"name": "y", "type": "space", "unit": "micrometer"},
 def _halve_mean(a: np.ndarray) -> np.ndarray:
     """2×2 block means ignoring NaN (an all-NaN block stays NaN)."""
     h, w = a.shape
-    p = np.full((h + h % 2, w + w % 2), np.nan, np.float32)
-    p[:h, :w] = a
+    if h % 2 or w % 2:  # pad odd sides with NaN (a copy only then)
+        p = np.full((h + h % 2, w + w % 2), np.nan, np.float32)
+        p[:h, :w] = a
+    else:
+        p = np.asarray(a, np.float32)
     blocks = p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
@@ -139,7 +142,7 @@ def _colour(value: int) -> list[int]:
 
 def _write_mask(group: Any, mask: LabelMask, fmt: Any) -> None:
     write_multiscale_labels = _writer().write_multiscale_labels
-    levels = pyramid(mask.labels.astype(np.uint32), labels=True)
+    levels = pyramid(np.asarray(mask.labels), labels=True)
     values = sorted({int(p["label-value"]) for p in mask.properties} |
                     {int(v) for v in np.unique(mask.labels) if v})
     meta: dict[str, Any] = {"colors": [{"label-value": v, "rgba": _colour(v)} for v in values],

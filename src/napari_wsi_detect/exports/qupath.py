@@ -32,19 +32,37 @@ ALPHA_CONTROLS = ((0.0, 0.0), (0.1, 0.0), (0.2, 0.55), (0.5, 0.65), (0.75, 0.75)
 TILE = 256
 
 
-def colour_map(prob: np.ndarray) -> np.ndarray:
-    """(rows, cols, 4) uint8 RGBA of a probability map (NaN -> fully transparent)."""
+LUT_SIZE = 256
+STRIP_ROWS = 1024
+
+
+def _lut() -> np.ndarray:
+    """(LUT_SIZE, 4) uint8 RGBA for p = i / (LUT_SIZE - 1)."""
     from matplotlib import colormaps
 
-    p = np.asarray(prob, np.float32)
-    finite = np.isfinite(p)
-    q = np.clip(np.where(finite, p, 0.0), 0.0, 1.0)
-    rgb = colormaps["inferno"](np.maximum(q, 0.15))[..., :3]
+    q = np.linspace(0.0, 1.0, LUT_SIZE)
+    rgb = colormaps["inferno"](np.maximum(q, 0.15))[:, :3]
     xs, ys = zip(*ALPHA_CONTROLS, strict=True)
-    alpha = np.where(finite, np.interp(q, xs, ys), 0.0)
+    lut = np.empty((LUT_SIZE, 4), np.uint8)
+    lut[:, :3] = np.round(rgb * 255)
+    lut[:, 3] = np.round(np.interp(q, xs, ys) * 255)
+    return lut
+
+
+def colour_map(prob: np.ndarray) -> np.ndarray:
+    """(rows, cols, 4) uint8 RGBA of a probability map (NaN -> fully transparent),
+    through a 256-entry table, strip by strip: memory ~ 4 bytes per cell however big
+    the map (a whole-slide mitosis map has ~10^8 cells)."""
+    p = np.asarray(prob, np.float32)
+    lut = _lut()
     out = np.empty(p.shape + (4,), np.uint8)
-    out[..., :3] = np.round(rgb * 255)
-    out[..., 3] = np.round(alpha * 255)
+    for r0 in range(0, p.shape[0], STRIP_ROWS):
+        strip = p[r0:r0 + STRIP_ROWS]
+        finite = np.isfinite(strip)
+        idx = np.rint(np.clip(np.where(finite, strip, 0.0), 0.0, 1.0) * (LUT_SIZE - 1))
+        rgba = lut[idx.astype(np.uint8)]
+        rgba[~finite] = 0
+        out[r0:r0 + STRIP_ROWS] = rgba
     return out
 
 

@@ -46,7 +46,7 @@ class LabelMask:
 
     name: str
     title: str
-    labels: np.ndarray  # uint32 (rows, cols)
+    labels: np.ndarray  # unsigned integers (rows, cols), the smallest type that fits
     geometry: Any
     properties: list[dict[str, Any]] = field(default_factory=list)  # per label value
 
@@ -149,12 +149,19 @@ def _window(geometry: Any, xmin: float, ymin: float, xmax: float, ymax: float
     return r0, r1, c0, c1
 
 
+def label_dtype(n: int) -> Any:
+    """The smallest unsigned type holding label values 0..n: a mitosis map of a whole
+    slide has ~10^8 cells, so uint8 instead of uint32 saves hundreds of MB."""
+    return np.uint8 if n < 2 ** 8 else np.uint16 if n < 2 ** 16 else np.uint32
+
+
 def rasterise_geometries(items: list[Any], geometry: Any) -> np.ndarray:
-    """uint32 labels on the grid: each item's value (its `label`, else its rank) on the
-    cells whose centres its shapely `geometry` contains; work ~ the items' bounding boxes."""
+    """Labels on the grid: each item's value (its `label`, else its rank) on the cells
+    whose centres its shapely `geometry` contains; work ~ the items' bounding boxes."""
     import shapely
 
-    out = np.zeros(geometry.shape, np.uint32)
+    top = max([int(getattr(i, "label", 0) or 0) for i in items] + [len(items)])
+    out = np.zeros(geometry.shape, label_dtype(top))
     for k, item in enumerate(items, start=1):
         geom = item.geometry
         if geom.is_empty:
@@ -170,7 +177,7 @@ def rasterise_geometries(items: list[Any], geometry: Any) -> np.ndarray:
 
 
 def rasterise_points(items: list[Any], geometry: Any) -> np.ndarray:
-    out = np.zeros(geometry.shape, np.uint32)
+    out = np.zeros(geometry.shape, label_dtype(len(items)))
     rows, cols = geometry.shape
     for k, item in enumerate(items, start=1):
         r, c = geometry.level0_to_cell(float(item.x), float(item.y))
@@ -180,7 +187,7 @@ def rasterise_points(items: list[Any], geometry: Any) -> np.ndarray:
 
 
 def rasterise_rectangle(x: float, y: float, w: float, h: float, geometry: Any) -> np.ndarray:
-    out = np.zeros(geometry.shape, np.uint32)
+    out = np.zeros(geometry.shape, np.uint8)
     r0, r1, c0, c1 = _window(geometry, x, y, x + w, y + h)
     if r0 < r1 and c0 < c1:
         xs, ys = _centres(geometry, r0, r1, c0, c1)
@@ -218,7 +225,7 @@ def label_masks(detector: Any, detections: Any, geometry: Any) -> list[LabelMask
         masks.append(LabelMask(name, title, rasterise_points(items, geometry), geometry,
                                _properties(items)))
     elif not items:
-        masks.append(LabelMask(name, title, np.zeros(grid.shape, np.uint32), grid))
+        masks.append(LabelMask(name, title, np.zeros(grid.shape, np.uint8), grid))
     spot = extra.get("hotspot")
     if spot is not None and all(hasattr(spot, k) for k in ("x", "y", "w", "h")):
         props = {"label-value": 1}
