@@ -132,7 +132,8 @@ def region_major_axis_px(outline: np.ndarray) -> float:
 def place_primaries(layout, rng: np.random.Generator, n: int, notes: list[str], grid: dict) -> None:
     """Add `n` primary regions to `layout.lesions` (labels from 1), covering together
     about AREA_FRACTION of the tissue, inside the tissue outline and apart."""
-    from .layout import Lesion, lesion_disc
+    from .layout import Lesion
+    from .placement import lesion_disc
 
     gx, gy, f, step = grid["x"], grid["y"], grid["f"], grid["step"]
     mpp = layout.mpp
