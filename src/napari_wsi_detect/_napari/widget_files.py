@@ -78,15 +78,18 @@ class RunFilesMixin:
         return out
 
     @notify_errors
-    def open_run(self) -> None:
-        """Show a saved run folder on the chosen slide; Detect then resumes into it."""
+    def open_run(self, folder: str | Path | None = None) -> None:
+        """Show a saved run folder (asked in a dialog unless given) with its slide, opened
+        from the path its summary records when it is not open yet; Detect then resumes
+        into it."""
         from napari_wsi_detect._napari import run_files
         from napari_wsi_detect._napari.heatmap_layer import LiveHeatmap
         from napari_wsi_detect._napari.shapes_io import KIND_REGIONS, features_to_layers
         from napari_wsi_detect.annotations.geojson import read_geojson
         from napari_wsi_detect.detectors import get_detector
 
-        folder = _hooks().ask_folder(self, "Open a saved run folder")
+        if folder is None:
+            folder = _hooks().ask_folder(self, "Open a saved run folder")
         if not folder:
             return
         folder = Path(folder)
