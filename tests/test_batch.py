@@ -124,6 +124,7 @@ def test_second_batch_on_a_locked_folder_is_refused_before_any_work(cohort, tmp_
 
 # -- local cluster: the whole cohort, then a rerun ---------------------------------------------
 
+@pytest.mark.slow
 def test_local_cluster_cohort_one_failed_row_rest_done_then_rerun_does_no_work(cohort, tmp_path):
     from napari_wsi_detect.batch import run_batch
 
@@ -178,6 +179,7 @@ def test_local_cluster_cohort_one_failed_row_rest_done_then_rerun_does_no_work(c
 
 # -- an existing scheduler reached by address ------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_runs_on_a_scheduler_started_with_dask_commands(cohort, cluster, tmp_path):
     address, client = cluster
     out = tmp_path / "remote"
@@ -195,6 +197,7 @@ def test_cli_runs_on_a_scheduler_started_with_dask_commands(cohort, cluster, tmp
     assert (out / "p1" / "regions.geojson").is_file()
 
 
+@pytest.mark.slow
 def test_killed_worker_mid_slide_is_retried_elsewhere_and_resumes(cohort, cluster, tmp_path):
     from napari_wsi_detect.batch import run_batch
 
@@ -231,6 +234,7 @@ def test_killed_worker_mid_slide_is_retried_elsewhere_and_resumes(cohort, cluste
     client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed one
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_report_and_a_rerun_resumes(cohort, cluster, tmp_path):
     from napari_wsi_detect.batch import run_batch
 
@@ -276,3 +280,34 @@ def test_a_slide_whose_worker_keeps_dying_is_a_failed_row():
     row = _outcome(Dead())
     assert row["status"] == "failed" and row["failure"] == "worker"
     assert "memory" in row["error"]
+
+
+@pytest.mark.slow
+def test_batch_runs_every_registered_detector_and_its_evaluation(cluster, tmp_path):
+    """Batch names no task: each other detector in the registry runs through it, with
+    the evaluation of its result kind (F1, Dice) on the phantom's truth (metastases and
+    its FROC + AUC: the cohort tests above; this small phantom has only ITC lesions)."""
+    from napari_wsi_detect.batch import run_batch
+    from napari_wsi_detect.detectors import available
+    from napari_wsi_detect.phantom import write_phantom
+    from test_detector_contract import TEST_MODELS
+
+    address, _ = cluster
+    (tmp_path / "slide").mkdir()
+    slide = tmp_path / "slide" / "small.tif"
+    write_phantom(slide, seed=4, size=(1024, 768), mpp=0.243)
+    metric = {"regions": "froc_score", "points": "f1", "mask": "dice"}
+    for det in available():
+        if det.task == "metastases":
+            continue
+        model = TEST_MODELS[det.task](tmp_path / f"{det.task}-model")
+        out = tmp_path / det.task
+        report = run_batch([slide], det.task, out, scheduler=address, model=str(model),
+                           truth=[slide.parent])
+        row = report.rows["small"]
+        assert row["status"] == "done", row.get("error")
+        assert (out / "small" / det.results_file).is_file()
+        assert row["model_sha256"] and row["count"] is not None
+        ev = report.evaluation
+        assert "error" not in ev and not ev.get("skipped"), ev
+        assert isinstance(ev[metric[det.result_kind]], float), ev
