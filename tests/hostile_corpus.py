@@ -812,9 +812,16 @@ class Outcome:
         return any(p.startswith(("changed", "half-written")) for p in self.problems)
 
 
-def run_case(c: Case, w: World, d: Path, real_process: bool = False) -> Outcome:
-    """Build `c` in the empty folder `d`, run it, and list what broke the rules."""
+class CaseTimeout(BaseException):
+    """A case ran longer than the table allows (see `main --timeout`)."""
+
+
+def run_case(c: Case, w: World, d: Path, real_process: bool = False,
+             timeout: int = 0) -> Outcome:
+    """Build `c` in the empty folder `d`, run it, and list what broke the rules. With
+    `timeout` (seconds, in-process only) a case still running then is stopped."""
     import re
+    import signal
     import time
 
     d.mkdir(parents=True, exist_ok=True)
@@ -834,6 +841,12 @@ def run_case(c: Case, w: World, d: Path, real_process: bool = False) -> Outcome:
     else:
         from napari_wsi_detect.cli import main
 
+        def stop(signum: int, frame: Any) -> None:
+            raise CaseTimeout(f"still running after {timeout} s")
+
+        if timeout:
+            signal.signal(signal.SIGALRM, stop)
+            signal.alarm(timeout)
         out_buf, err_buf = io.StringIO(), io.StringIO()
         try:
             with redirect_stdout(out_buf), redirect_stderr(err_buf):
@@ -843,12 +856,18 @@ def run_case(c: Case, w: World, d: Path, real_process: bool = False) -> Outcome:
         except BaseException:  # noqa: BLE001 - the failure being counted
             rc = None
             err_buf.write(traceback.format_exc())
+        finally:
+            if timeout:
+                signal.alarm(0)
         err = err_buf.getvalue()
     seconds = time.perf_counter() - t
     while _HELD:
         os.close(_HELD.pop())
     problems = []
-    if rc is None or "Traceback" in err:
+    if "CaseTimeout" in err or "MemoryError" in err:
+        problems.append("unbounded: " + ("ran past the time limit" if "CaseTimeout" in err
+                                         else "MemoryError under the memory limit"))
+    elif rc is None or "Traceback" in err:
         last = err.strip().splitlines()[-1] if err.strip() else ""
         problems.append(f"traceback: {last[:200]}")
     lines = [line for line in err.splitlines() if line.strip()]
@@ -887,23 +906,37 @@ def run_case(c: Case, w: World, d: Path, real_process: bool = False) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     """Run every case against the napari_wsi_detect on sys.path and print a table:
     `python tests/hostile_corpus.py SCRATCH_DIR`."""
+    import argparse
+    import resource
     import tempfile
 
-    root = Path(argv[0] if argv else tempfile.mkdtemp(prefix="hostile-corpus-"))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scratch", nargs="?", type=Path)
+    ap.add_argument("--timeout", type=int, default=0, help="seconds per case (0: none)")
+    ap.add_argument("--limit-gb", type=float, default=0, help="address-space limit")
+    args = ap.parse_args(argv)
+    root = args.scratch or Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
     w = make_world(root / "world")
+    if args.limit_gb:
+        limit = int(args.limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     results = []
     for i, c in enumerate(CASES):
         try:
-            o = run_case(c, w, root / f"case{i:03d}")
+            o = run_case(c, w, root / f"case{i:03d}", timeout=args.timeout)
         except Exception as exc:  # noqa: BLE001 - a case that cannot be built here
             o = Outcome(c.id, None, "", [f"not built: {type(exc).__name__}: {exc}"])
         results.append(o)
         flag = "ok" if not o.problems else "; ".join(o.problems)
-        print(f"{c.group:12s} {c.id:45s} {o.seconds:6.2f}s {flag[:220]}", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10  # MiB, so far
+        print(f"{c.group:12s} {c.id:45s} {o.seconds:6.2f}s {peak:6d}MiB {flag[:220]}",
+              flush=True)
     tb = sum(o.traceback for o in results)
     loss = sum(o.data_loss for o in results)
     bad = sum(bool(o.problems) for o in results)
-    print(f"\n{len(results)} inputs: {bad} break a rule, {tb} tracebacks, {loss} data loss")
+    unbounded = sum(any(p.startswith("unbounded") for p in o.problems) for o in results)
+    print(f"\n{len(results)} inputs: {bad} break a rule, {tb} tracebacks, {loss} data loss, "
+          f"{unbounded} unbounded (time/memory limit)")
     return 0
 
 
