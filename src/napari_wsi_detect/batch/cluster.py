@@ -158,8 +158,10 @@ def connect(address: str | None, *, workers: int | None = None, n_slides: int = 
                     f"--device cuda, but no worker of {address} declares a GPU: start GPU "
                     f"workers with `dask worker {address} --nthreads 1 --resources GPU=1` "
                     "(one per GPU, CUDA_VISIBLE_DEVICES set)")
+            limits = [w.get("memory_limit") for w in info.values() if w.get("memory_limit")]
             yield client, ClusterInfo(str(client.scheduler.address), False, len(info),
-                                      _dashboard(client, False), gpu=gpu)
+                                      _dashboard(client, False),
+                                      memory_limit=min(limits) if limits else None, gpu=gpu)
         finally:
             client.close()
         return

@@ -91,6 +91,10 @@ def run_batch(
     out = check_out_dir(Path(out).expanduser().resolve(), "report.csv")
     names = slide_names(paths)
     gpu = _wants_gpu(device)
+    if gpu and not scheduler:
+        from ..models.device import resolve_device
+
+        resolve_device(device)  # no CUDA here: say so now, not once per slide
     with RunFolderLock(out):
         cancel_path = out / CANCEL_NAME
         cancel_path.unlink(missing_ok=True)
