@@ -17,12 +17,13 @@ _LAZY = {
     "detect_metastases": "napari_wsi_detect.api",
     "detect_mitoses": "napari_wsi_detect.api",
     "segment_tumour": "napari_wsi_detect.api",
+    "run_batch": "napari_wsi_detect.batch.run",
     "WsiDetectError": "napari_wsi_detect.errors",
 }
 
 # Subpackages reachable as attributes without importing them first.
 _SUBPACKAGES = ("annotations", "evaluation", "models", "slide", "engine", "postprocess",
-                "training", "phantom", "errors")
+                "training", "phantom", "errors", "batch")
 
 __getattr__, __all__ = attach(__name__, _LAZY, _SUBPACKAGES)
 __all__ = __all__ + ["__version__"]
