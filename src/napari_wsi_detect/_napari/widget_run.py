@@ -137,14 +137,20 @@ class RunEventsMixin:
             show_error(f"WSI Detect failed ({type(exc).__name__}): {exc}")
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        self._closed = True
         self.cancel()
         super().closeEvent(event)
 
     def event(self, event: Any) -> bool:
         from qtpy.QtCore import QEvent
 
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.cancel()  # napari removed the dock widget: its run stops too
+        if event.type() == QEvent.Type.ParentChange and self.parent() is not None:
+            self._closed = False  # docked (again)
+        elif event.type() == QEvent.Type.ParentChange:
+            # napari removed the dock widget: its run stops too, and the layers of a
+            # result arriving later are not added (the viewer may be closing).
+            self._closed = True
+            self.cancel()
         return super().event(event)
 
     # -- post-processing ------------------------------------------------------------------------
@@ -194,6 +200,9 @@ class RunEventsMixin:
 
     def _on_regions(self, state: rl.SlideResult, layers: list) -> None:
         from napari.layers import Layer
+
+        if getattr(self, "_closed", False) or state.slide_layer not in self.viewer.layers:
+            return
 
         primary, *companions = [Layer.create(*data) for data in layers]
         old = state.regions_layer
