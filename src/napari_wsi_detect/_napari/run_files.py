@@ -60,6 +60,7 @@ def load_run(folder: Path, slide_layer: Any, shape0: tuple[int, int]) -> Any:
     from napari_wsi_detect.detectors import get_detector
     from napari_wsi_detect.detectors.result import DetectionResult, read_summary
     from napari_wsi_detect.engine.heatmap import COMMIT_JOURNAL, open_heatmap
+    from napari_wsi_detect.engine.maps import read_maps
 
     summary: dict[str, Any] = {}
     if (folder / "summary.json").is_file() or (folder / COMMIT_JOURNAL).exists():
@@ -77,7 +78,10 @@ def load_run(folder: Path, slide_layer: Any, shape0: tuple[int, int]) -> Any:
     values = det.defaults(config, {p.key: saved[p.key] for p in det.params if p.key in saved})
     options = {p.key: store.params.get(p.key, saved.get(p.key, p.default)) for p in det.options}
     heatmap = store.to_numpy()
-    detections = det.postprocess(heatmap, g, values)
+    # maps a detector's finish stored (the tumour refinement), as DetectionResult.build
+    maps = read_maps(store, getattr(det, "extra_maps", ()) or ())
+    detections = (det.postprocess(heatmap, g, values, maps=maps)
+                  if getattr(det, "extra_maps", ()) else det.postprocess(heatmap, g, values))
     rois = summary.get("rois") or {}
     computed = int(store.computed_blocks().sum())
     return DetectionResult(
@@ -87,4 +91,5 @@ def load_run(folder: Path, slide_layer: Any, shape0: tuple[int, int]) -> Any:
         int(rois.get("planned", computed)),
         # No summary (a cancelled CLI run): how many ROIs are left is not known, only
         # that the store is not finished.
-        int(rois["pending"]) if "pending" in rois else (0 if store.complete else -1), folder)
+        int(rois["pending"]) if "pending" in rois else (0 if store.complete else -1), folder,
+        maps=maps)
