@@ -156,6 +156,12 @@ def test_local_cluster_cohort_one_failed_row_rest_done_then_rerun_does_no_work(c
         by_worker.setdefault(r["worker"], []).append(r["model_load_s"])
     assert any(len(v) > 1 for v in by_worker.values())
     assert all(sorted(v)[:-1] == [0.0] * (len(v) - 1) for v in by_worker.values())
+    # One slide at a time per worker: the job's own dask work (the NGFF export) must not
+    # secede the task and let the worker start its next slide alongside.
+    for worker in by_worker:
+        spans = sorted((r["started_unix"], r["started_unix"] + r["seconds"])
+                       for r in rows.values() if r["worker"] == worker)
+        assert all(b[0] >= a[1] - 0.05 for a, b in zip(spans, spans[1:], strict=False)), spans
     csv_lines = (out / REPORT_CSV).read_text().splitlines()
     assert csv_lines[0].startswith("slide,name,status,score,count,tumour_area_mm2")
     assert len(csv_lines) == 4

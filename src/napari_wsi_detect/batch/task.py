@@ -112,6 +112,8 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
     row: dict[str, Any] = {"slide": request.slide, "name": job.name, "out": request.out,
                            "worker": _worker_address()}
     start = time.perf_counter()
+    row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    row["started_unix"] = round(time.time(), 3)
     if os.path.exists(job.cancel_path):
         return {**row, "status": "cancelled", "error": "cancelled before it started"}
     cancel, stop = threading.Event(), threading.Event()
@@ -129,7 +131,14 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
         request = replace(request, device=str(device))
         net, config, load_s = cached_model(request.model, device)
         row["model_load_s"] = round(load_s, 3)
-        detect(request, cancel, model=(net, config))
+        import dask
+
+        # Inside a dask task, a dask computation of the job (the NGFF export writes with
+        # dask.array) would go to the cluster and *secede* this task's thread: the
+        # worker then starts its next slide alongside this one (two slides per worker,
+        # per GPU, per memory limit). Keep the slide's own dask work in this worker.
+        with dask.config.set(scheduler="threads", num_workers=job.torch_threads or 1):
+            detect(request, cancel, model=(net, config))
         row.update(row_from_folder(request.out))
         row["status"] = "done"
     except CancelledError as exc:

@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     def on_event(kind: str, data: dict[str, Any]) -> None:
         nonlocal bar
         say = bar.write if bar is not None else (lambda m: print(m, file=sys.stderr))
+        if kind == "cluster" and bar is not None and bar.n:
+            # Skipped slides came back at once: restart the clock so the ETA is the
+            # rate of slides that do run.
+            done = bar.n
+            bar.reset(total=bar.total)
+            bar.initial = bar.n = bar.last_print_n = done
+            bar.refresh()
         if kind == "cluster":
             where = "local cluster" if data["local"] else "scheduler"
             say(f"{where}: {data['scheduler']}, {data['workers']} workers"
