@@ -128,6 +128,13 @@ def test_cli_writes_mask_store_geojson_and_summary(phantom_small, tiny_model, tm
     assert rg.shape[0] * rg.cell_size0 >= g.height0  # ... covering the slide
     assert maps["refined"].values.shape == rg.shape
     assert np.isfinite(maps["refined"].values).all()
+    # reopening the run folder (the widget's Open run) gets the refinement back
+    from napari_wsi_detect._napari.run_files import load_run
+
+    again = load_run(out, None, (g.height0, g.width0))
+    assert again.detections.extra["refined"] is True
+    assert again.detections.extra["tumour_area_mm2"] == pytest.approx(
+        summary["tumour_area_mm2"], abs=1e-4)
     bad = subprocess.run([str(cli), "tumour", str(phantom_small), "--model", str(tiny_model),
                           "--out", str(tmp_path / "x"), "--refine", "2"],
                          capture_output=True, text=True)

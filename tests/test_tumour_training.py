@@ -128,9 +128,19 @@ def test_refinement_augmentation_keeps_image_and_truth_aligned() -> None:
     y[10:30, 20:50] = 1.0
     for seed in range(5):
         xa, ya = augment_refine(x, y, np.random.default_rng(seed),
-                                RefineAugment(stain_sigma=0, stain_bias=0), 32)
+                                RefineAugment(stain_sigma=0, stain_bias=0, heat_gamma=0),
+                                32)
         assert xa.shape == (4, 32, 32) and ya.shape == (32, 32)
         assert np.array_equal(xa[3] > 0.5, ya > 0.5)
+    # the heatmap gamma changes levels, never where the map is 0 or 1
+    flat = np.zeros((4, s, s), np.float32)
+    flat[3, :, 32:] = 1.0
+    flat[3, :, 16:32] = 0.5
+    xa, _ = augment_refine(flat, y, np.random.default_rng(2),
+                           RefineAugment(flip=False, rotate90=False, zoom=0, stain_sigma=0,
+                                         stain_bias=0), s)
+    assert set(np.unique(xa[3][:, :16])) == {0.0} and set(np.unique(xa[3][:, 32:])) == {1.0}
+    assert abs(float(xa[3][0, 20]) - 0.5) > 0.01  # γ ≠ 1 was drawn for this seed
 
 
 @pytest.fixture(scope="module")
