@@ -61,6 +61,9 @@ class Detector:
     heatmap_name: str = ""  # the napari heatmap layer ("metastasis heatmap")
     results_file: str = "regions.geojson"
     item_names: tuple[str, str] = ("detection", "detections")  # singular, plural
+    # Maps `finish` stores beside the heatmap (engine/maps.py); a detector that lists
+    # some takes them as `postprocess(..., maps=)`.
+    extra_maps: tuple[str, ...] = ()
     bundled_note: str = ""  # said in the widget when the bundled demo model is used
 
     # -- schema -------------------------------------------------------------------------------
@@ -133,6 +136,15 @@ class Detector:
     def postprocess(self, heatmap: np.ndarray, geometry: Any, values: Mapping[str, Any]
                     ) -> Detections:
         raise NotImplementedError
+
+    def postprocess_stored(self, heatmap: np.ndarray, geometry: Any,
+                           values: Mapping[str, Any], maps: Mapping[str, Any] | None
+                           ) -> Detections:
+        """`postprocess` with the stored extra maps for a detector that declares them
+        (possibly none: a cancelled run has no refinement): what every caller uses."""
+        if self.extra_maps:
+            return self.postprocess(heatmap, geometry, values, maps=dict(maps or {}))
+        return self.postprocess(heatmap, geometry, values)
 
     # -- outputs --------------------------------------------------------------------------------
     def features(self, detections: Detections) -> list[dict[str, Any]]:

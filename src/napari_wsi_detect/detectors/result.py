@@ -32,15 +32,6 @@ SUMMARY_KEYS = (
 )
 
 
-def _postprocess(detector: Any, heatmap: np.ndarray, geometry: Any, values: dict[str, Any],
-                 maps: dict[str, Any]) -> Detections:
-    """A detector with `extra_maps` also gets the stored ones as `maps=` (possibly
-    empty: a cancelled run has no refinement); the others are called as before."""
-    if getattr(detector, "extra_maps", ()):
-        return detector.postprocess(heatmap, geometry, values, maps=maps)
-    return detector.postprocess(heatmap, geometry, values)
-
-
 @dataclass
 class DetectionResult:
     """A detection on one slide. `heatmap` is the float32 map (rows, cols), NaN where
@@ -69,8 +60,8 @@ class DetectionResult:
               device: str, use_tissue: bool) -> DetectionResult:
         from ..engine.maps import read_maps
 
-        maps = read_maps(store, getattr(detector, "extra_maps", ()) or ())
-        detections = _postprocess(detector, heatmap, prep.geometry, params, maps)
+        maps = read_maps(store, detector.extra_maps)
+        detections = detector.postprocess_stored(heatmap, prep.geometry, params, maps)
         timings["postprocess_s"] = round(detections.seconds, 4)
         h0, w0 = slide.levels[0].shape[:2]
         tissue = prep.tissue
@@ -125,8 +116,8 @@ class DetectionResult:
         """Re-run post-processing only (slider moves; never the network) with `values`
         changed; updates `detections`/`parameters` and returns the items."""
         new = self.detector.defaults(None, {**self.values(), **values})
-        self.detections = _postprocess(self.detector, self.heatmap, self.geometry, new,
-                                       self.maps)
+        self.detections = self.detector.postprocess_stored(self.heatmap, self.geometry, new,
+                                                           self.maps)
         self.parameters.update(new)
         self.timings["postprocess_s"] = round(self.detections.seconds, 4)
         return self.detections.items

@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WsiDetectError
-
 
 @dataclass(frozen=True)
 class MapImage:
@@ -99,32 +97,9 @@ def load_run_result(folder: str | os.PathLike) -> Any:
     """A DetectionResult from a finished run folder: the stored maps, post-processed
     with the values its summary.json records (never the network). WsiDetectError for a
     folder that is not a run, a mixed output set, or a damaged store."""
-    from ..detectors import get_detector
-    from ..detectors.result import DetectionResult, read_summary
-    from ..engine.heatmap import open_heatmap
-    from ..engine.maps import read_maps
+    from ..detectors.run_folder import load_result
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WsiDetectError(f"{folder} is not a folder: give the run folder (--out of "
-                             "wsi-detect TASK), which holds summary.json and heatmap.zarr")
-    summary = read_summary(folder, check=True)
-    det = get_detector(summary.get("task", "metastases"))
-    store = open_heatmap(folder)
-    config = dict(summary.get("model") or {})
-    saved = summary.get("parameters") or {}
-    values = det.defaults(config, {p.key: saved[p.key] for p in det.params if p.key in saved})
-    heatmap = store.to_numpy()
-    maps = read_maps(store, getattr(det, "extra_maps", ()) or ())
-    if getattr(det, "extra_maps", ()):
-        detections = det.postprocess(heatmap, store.geometry, values, maps=maps)
-    else:
-        detections = det.postprocess(heatmap, store.geometry, values)
-    rois = summary.get("rois") or {}
-    return DetectionResult(
-        det.task, heatmap, store.geometry, detections, dict(summary.get("timings") or {}),
-        config, {**saved, **values}, dict(summary.get("slide") or {}), store,
-        int(rois.get("planned", 0)), int(rois.get("pending", 0)), folder, maps=maps)
+    return load_result(folder, need_summary=True)
 
 
 def read_run(folder: str | os.PathLike) -> RunView:
