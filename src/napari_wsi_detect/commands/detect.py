@@ -133,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     values = ", ".join(f"{p.key} {result.parameters[p.key]:g}" for p in det.params)
     print(f"slide score: {score:.4f}" if score == score else "slide score: n/a")
     print(f"{det.result_kind}: {len(result.detections)} ({values})")
+    from ..detectors.base import Detector
+
+    if type(det).headline is not Detector.headline:  # the task's own clinical numbers
+        print(det.headline(result.detections).replace("   ·   ", "; "))
     repaired = (f" ({t['rois_repaired']} damaged in the store, recomputed)"
                 if t.get("rois_repaired") else "")
     print(f"ROIs: {t['rois_computed']} computed{repaired}, {t['rois_resumed']} resumed; "
