@@ -96,3 +96,21 @@ def test_a_killed_producer_is_reported_not_waited_for():
             for _ in range(50):
                 pf.get()
     assert _all_dead(procs)
+
+
+def test_close_returns_when_a_dead_producer_left_half_a_message_in_the_pipe():
+    """A producer killed in the middle of a write (the OOM killer) leaves a partial
+    message: close() must not block forever reading it (seen once after training)."""
+    import struct
+    import threading
+
+    pf = Prefetcher(StepSource(), n_producers=1, queue_size=2)
+    assert pf.get()[0] == 0
+    # The header announces 1 MB, 10 bytes follow, and no writer will send the rest.
+    os.write(pf._results._writer.fileno(), struct.pack("!i", 1 << 20) + b"x" * 10)
+    procs = pf.processes
+    closer = threading.Thread(target=pf.close, kwargs={"timeout": 2.0}, daemon=True)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive(), "close() hung on a partial message"
+    assert _all_dead(procs)

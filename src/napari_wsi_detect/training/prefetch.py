@@ -27,6 +27,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -199,11 +200,21 @@ class Prefetcher:
             self.source.close()
             return
         self._stop.set()
+        # Producers exit only once their queue feeder threads have written what they
+        # put, so the result pipe is drained meanwhile. The drain runs in a daemon
+        # thread: a producer that died in the middle of a write (OOM killer, SIGKILL)
+        # leaves a partial message, and reading it would block forever; a drain stuck
+        # on one is abandoned instead of hanging close() (seen once after training).
+        done = threading.Event()
+        drain = threading.Thread(target=self._drain_until, args=(done,), daemon=True,
+                                 name="prefetch-drain")
+        drain.start()
         deadline = time.monotonic() + timeout
         while any(p.is_alive() for p in self._procs) and time.monotonic() < deadline:
-            self._drain()
             for p in self._procs:
                 p.join(timeout=_POLL / len(self._procs))
+        done.set()
+        drain.join(timeout=2 * _POLL)
         for p in self._procs:
             if p.is_alive():
                 p.terminate()
@@ -219,12 +230,14 @@ class Prefetcher:
             q.close()
         self._pending.clear()
 
-    def _drain(self) -> None:
-        try:
-            while True:
-                self._results.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            pass
+    def _drain_until(self, done: threading.Event) -> None:
+        while not done.is_set():
+            try:
+                self._results.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            except (OSError, ValueError, EOFError):
+                return
 
     @property
     def processes(self) -> list[Any]:
