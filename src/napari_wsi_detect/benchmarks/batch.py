@@ -7,9 +7,10 @@ On a cohort of phantom slides (written once and cached), with the bundled demo m
 * batch with 1 worker and with 2 workers (LocalCluster, fresh output folders): cluster
   start-up, then slides per second after it; the ratio 2 workers / 1 worker;
 * per-slide scheduling overhead: (1-worker wall after start-up - sum of the worker's
-  task times) / slides, and (1-worker per-slide time / direct per-slide time - 1);
-* peak RSS of each worker after its first and after its last slide (flat = memory does
-  not grow with the cohort);
+  task times) / slides; 1-worker per-slide time / direct per-slide time; a worker's
+  first slide (imports + model load) apart from the median of its later ones;
+* peak RSS of each worker after each of its slides (flat = memory does not grow with
+  the cohort);
 * the rerun of a finished cohort (every slide skipped, no cluster): its wall time.
 
 Nothing here asserts a time.
@@ -94,8 +95,16 @@ def _batch(slides: list[Path], out: Path, workers: int, roi_cells: int | None
     # A process's peak RSS never decreases, so this order is each worker's slide order.
     for r in sorted(rows, key=lambda r: r["worker_peak_rss_mb"] or 0):
         by_worker.setdefault(r["worker"], []).append(r["worker_peak_rss_mb"])
+    warm = sorted(r["seconds"] for w in by_worker
+                  for r in sorted((r for r in rows if r["worker"] == w),
+                                  key=lambda r: r["started_unix"])[1:])
     return {
         "workers": workers, "torch_threads": marks["threads"], "wall_s": wall,
+        # a worker's first slide pays its imports and the model load
+        "first_task_s": [min((r for r in rows if r["worker"] == w),
+                             key=lambda r: r["started_unix"])["seconds"] for w in by_worker],
+        "warm_task_median_s": warm[len(warm) // 2] if warm else None,
+        "rss_series_mb": {w: v for w, v in by_worker.items()},
         "startup_s": startup, "after_startup_s": after,
         "slides_per_s": len(rows) / after,
         "task_s_sum": sum(r["seconds"] for r in rows),
@@ -133,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "throughput_ratio": res_b["slides_per_s"] / res_a["slides_per_s"],
         "scheduling_overhead_s_per_slide": overhead_s,
         "batch_vs_direct_per_slide": per_slide_a / direct,
+        "warm_task_vs_direct": (res_a["warm_task_median_s"] or 0) / direct,
         "rerun_finished_cohort_s": rerun_s,
     }
     print(f"cohort: {n} phantoms {args.size[0]}x{args.size[1]}, {out['cores']} cores, "
@@ -145,9 +155,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"batch {r['workers']} worker(s) x {r['torch_threads']} threads: start-up "
               f"{r['startup_s']:.1f} s, then {r['slides_per_s']:.3f} slides/s "
               f"({r['after_startup_s']:.1f} s); worker peak RSS first -> last slide: {rss}")
+    for r in (res_a, res_b):
+        print(f"  {r['workers']} worker(s): first slide per worker "
+              + ", ".join(f"{v:.2f}" for v in r["first_task_s"])
+              + f" s (imports + model load), later slides median "
+              f"{r['warm_task_median_s']:.2f} s; peak RSS per slide: "
+              + " | ".join(" ".join(f"{m:.0f}" for m in v)
+                           for v in r["rss_series_mb"].values()))
     print(f"throughput {b} / {a} workers: {out['throughput_ratio']:.2f}x")
     print(f"scheduling overhead ({a} worker): {overhead_s:.3f} s/slide "
-          f"(batch per-slide time / direct = {out['batch_vs_direct_per_slide']:.2f})")
+          f"(batch per-slide time / direct = {out['batch_vs_direct_per_slide']:.2f}; a warm "
+          f"worker's slide / direct = {out['warm_task_vs_direct']:.2f})")
     print(f"rerun of the finished cohort (all skipped, no cluster): {rerun_s:.2f} s")
     if args.json:
         from .._atomic import write_json_atomic
