@@ -319,3 +319,16 @@ def test_batch_runs_every_registered_detector_and_its_evaluation(cluster, tmp_pa
         ev = report.evaluation
         assert "error" not in ev and not ev.get("skipped"), ev
         assert isinstance(ev[metric[det.result_kind]], float), ev
+
+
+def test_cuda_on_a_cluster_without_gpu_workers_is_refused(cohort, cluster, tmp_path):
+    """--device cuda asks every slide for a "GPU" resource: without a worker declaring
+    one the tasks would wait for ever, so the batch refuses to start."""
+    from napari_wsi_detect.batch import run_batch
+    from napari_wsi_detect.batch.cluster import ClusterError
+
+    address, _ = cluster
+    with pytest.raises(ClusterError, match="GPU=1"):
+        run_batch([cohort / "p1.tif"], "metastases", tmp_path / "gpu", scheduler=address,
+                  device="cuda")
+    assert not (tmp_path / "gpu" / "p1").exists()
