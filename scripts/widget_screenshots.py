@@ -44,6 +44,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/images"))
     ap.add_argument("--seed", type=int, default=9001)
     ap.add_argument("--size", type=int, nargs=2, default=(8192, 6144))
+    ap.add_argument("--task", default=None,
+                    help="pick this task in the Task combo before Detect (default: the first)")
+    ap.add_argument("--prefix", default="widget",
+                    help="picture names: PREFIX-running.png, PREFIX-detect.png, ...")
+    ap.add_argument("--skip-tissue", action="store_true",
+                    help="untick 'Skip background' (a field that is all tissue)")
     ap.add_argument("--remember-reader", action="store_true",
                     help="record napari-wsi-detect as the reader for the slide's extension "
                          "(napari's 'Remember my choice') in a temporary settings file")
@@ -102,28 +108,34 @@ def main() -> int:
     widget = DetectWidget(viewer)
     viewer.window.add_dock_widget(widget, name="WSI Detect")
     _pump(app, 1.0)
+    if args.task:  # as a user picks it in the visible combo box
+        widget.task_combo.setCurrentIndex(widget.task_combo.findData(args.task))
+        _pump(app, 0.5)
+    if args.skip_tissue:
+        QTest.mouseClick(widget.tissue_check, Qt.MouseButton.LeftButton)
     QTest.mouseClick(widget.detect_button, Qt.MouseButton.LeftButton)
     t0 = time.perf_counter()
     shot_running = False
     while widget.running and time.perf_counter() - t0 < 900:
         _pump(app, 0.2)
         if not shot_running and widget.last_outcome is None and widget.heatmap_layer is not None \
-                and "ROI" in widget.status_label.text():
-            words = widget.status_label.text().split()
-            done, total = int(words[1]), int(words[3].rstrip(","))
-            if done >= max(2, total // 3):
-                _shot(viewer, args.out / "widget-running.png")
+                and widget.status_label.text().startswith("ROI"):
+            words = widget.status_label.text().split()  # "ROI k of n, about t s left"
+            done, total = ((int(words[1]), int(words[3].rstrip(","))) if words[0] == "ROI"
+                           else (0, 1))
+            if done >= max(1, total // 3):
+                _shot(viewer, args.out / f"{args.prefix}-running.png")
                 shot_running = True
     _pump(app, 2.0)
     while widget.postprocessing:
         _pump(app, 0.2)
     viewer.reset_view()
     _pump(app, 1.0)
-    _shot(viewer, args.out / "widget-detect.png")
+    _shot(viewer, args.out / f"{args.prefix}-detect.png")
     print("status:", widget.status_label.text(), "|", widget.score_label.text())
 
     layer = widget.regions_layer
-    if layer is not None and layer.nshapes:
+    if args.task in (None, "metastases") and layer is not None and layer.nshapes:
         layer.selected_data = {0}
         layer.remove_selected()
         spin = widget.controls["threshold"].spin
@@ -132,7 +144,7 @@ def main() -> int:
         while widget.postprocessing:
             _pump(app, 0.2)
         _pump(app, 1.0)
-        _shot(viewer, args.out / "widget-edited.png")
+        _shot(viewer, args.out / f"{args.prefix}-edited.png")
         print("layers after the edit and slider move:", [ly.name for ly in viewer.layers])
     viewer.close()
     return 0

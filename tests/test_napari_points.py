@@ -207,6 +207,8 @@ def test_mitoses_task_in_the_widget_shows_points_and_hotspot(request, qtbot, mon
     w = DetectWidget(viewer)
     viewer.window.add_dock_widget(w, name="WSI Detect")
     w.task_combo.setCurrentIndex(w.task_combo.findData("mitoses"))
+    # the bundled model now is the mitosis one, and the note says what it was trained on
+    assert "mitosis" in w.model_note.text() and "phantom" not in w.model_note.text()
     answer(monkeypatch, "ask_open_file", str(model))
     click(w.model_button)
     w.tissue_check.setChecked(False)
@@ -227,3 +229,17 @@ def test_mitoses_task_in_the_widget_shows_points_and_hotspot(request, qtbot, mon
     spot = viewer.layers["mitoses hotspot"]
     assert spot.features["count"].tolist() == [w.result.detections.extra["hotspot"].count]
     assert "per mm²" in w.score_label.text()
+
+
+def test_the_bundled_entry_of_the_model_list_means_the_chosen_tasks_model():
+    """The widget's model list holds "demo (bundled)" for every task: for mitoses and
+    tumour it must mean their own bundled model, not the metastasis one (a Detect on
+    the Mitoses task with it once failed with "… is a 'metastases' model")."""
+    from napari_wsi_detect._napari.run_files import run_key
+    from napari_wsi_detect.detectors import get_detector
+
+    for task in ("mitoses", "tumour"):
+        det = get_detector(task)
+        assert run_key(det, "demo", det.resolve_options()) == \
+            run_key(det, det.default_model, det.resolve_options())
+        assert det.model_problem("demo") is None

@@ -35,7 +35,7 @@ def run_key(detector: Any, model: str, options: dict[str, Any]) -> tuple[str, st
     from napari_wsi_detect.engine.run import Normalisation
     from napari_wsi_detect.models.io import load_config
 
-    config = load_config(model)
+    config = load_config(detector.resolve_model(model))
     detector.check_model(config)
     fp = detector.fingerprint(config, options, Normalisation.from_config(config).to_dict())
     return model_identity(config, model), json.dumps(json.loads(json.dumps(fp)), sort_keys=True)

@@ -126,7 +126,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
                 item = self.task_combo.model().item(self.task_combo.count() - 1)
                 item.setEnabled(False)
                 item.setToolTip(problem)
-        self.task_combo.currentIndexChanged.connect(lambda _i: self._build_param_controls())
+        self.task_combo.currentIndexChanged.connect(lambda _i: self._on_task_changed())
         form.addRow("Task", self.task_combo)
 
         self.model_combo = QComboBox()
@@ -232,6 +232,10 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         layout.addStretch(1)
         self._build_param_controls()
 
+    def _on_task_changed(self) -> None:
+        self._build_param_controls()
+        self._on_model_changed()  # the bundled model (and its note) is the new task's
+
     def _build_param_controls(self) -> None:
         """Rebuild the run options and the sliders from the chosen detector's schema."""
         det = self.detector
@@ -321,7 +325,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
 
     def _on_model_changed(self) -> None:
         det = self.detector
-        bundled = self.model_combo.currentData() == det.default_model
+        bundled = det.resolve_model(self.model_combo.currentData()) == det.default_model
         self.model_note.setText(det.bundled_note if bundled else "")
         self.model_note.setVisible(bool(bundled and det.bundled_note))
 

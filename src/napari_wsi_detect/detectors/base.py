@@ -95,12 +95,19 @@ class Detector:
                 f"{where} has architecture {arch!r}; the {self.task!r} detector runs "
                 f"{', '.join(self.architectures)}")
 
+    def resolve_model(self, model: Any) -> Any:
+        """The model to load for `model`: "demo" means this task's bundled model
+        (`default_model`); anything else (a path, a loaded network) is kept."""
+        if isinstance(model, str) and model == "demo":
+            return self.default_model
+        return model
+
     def model_problem(self, model: str) -> str | None:
         """Why `model` cannot be used (None when it can); cheap: reads only the JSON."""
         from ..models.io import load_config
 
         try:
-            self.check_model(load_config(model))
+            self.check_model(load_config(self.resolve_model(model)))
         except Exception as exc:  # shown to the user as the reason, never raised
             return str(exc)
         return None

@@ -135,9 +135,7 @@ def load_checked_model(detector: Any, model: Any, device: Any) -> tuple[Any, dic
     elif isinstance(model, torch.nn.Module):
         net, config = model, dict(model.config()) if hasattr(model, "config") else {}
     else:
-        if model == "demo" and detector.default_model != "demo":
-            model = detector.default_model  # "demo" = the task's bundled model
-        net, config = load_model(model, device)
+        net, config = load_model(detector.resolve_model(model), device)
     detector.check_model(config)
     # channels_last: the runner feeds NHWC memory; convs then skip a transpose.
     net = net.to(device).eval().to(memory_format=torch.channels_last)
