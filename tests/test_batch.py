@@ -332,3 +332,14 @@ def test_cuda_on_a_cluster_without_gpu_workers_is_refused(cohort, cluster, tmp_p
         run_batch([cohort / "p1.tif"], "metastases", tmp_path / "gpu", scheduler=address,
                   device="cuda")
     assert not (tmp_path / "gpu" / "p1").exists()
+
+
+def test_demo_means_the_tasks_bundled_model() -> None:
+    """`--model demo` (the default) is each task's own bundled model, checked before any
+    slide runs (it once meant the metastasis model for every task)."""
+    from napari_wsi_detect.batch.run import _check_model
+    from napari_wsi_detect.detectors import get_detector
+
+    for task in ("metastases", "mitoses", "tumour"):
+        _, config = _check_model(get_detector(task), "demo")
+        assert config.get("task", "metastases") == task

@@ -42,6 +42,7 @@ def _check_model(detector: Any, model: str) -> tuple[str, dict[str, Any]]:
     """(model as the workers should name it, config); ModelFileError before any work."""
     from ..models.io import load_config
 
+    model = detector.resolve_model(model)  # "demo": the task's bundled model
     config = load_config(model)
     detector.check_model(config)
     # A relative path means nothing on a remote worker: pass the file the client found.
