@@ -133,3 +133,17 @@ def test_training_resume_is_exact(tmp_path) -> None:
     assert set(conf["thresholds"]) >= {"min_score", "min_area_um2", "smoothing_um"}
     lines = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     assert [ln.split(",")[0] for ln in lines[1:]] == ["1", "2", "3", "4"]
+
+
+def test_detect_mitoses_api_on_a_field_with_its_pixel_size(tmp_path, random_model) -> None:
+    """The public `detect_mitoses` on a plain PNG field: `mpp` sets the field's scale,
+    and the slider values travel to the result."""
+    from napari_wsi_detect import detect_mitoses
+
+    field = _field_png(tmp_path / "field.png")
+    result = detect_mitoses(str(field), model=random_model, mpp=0.5, device="cpu",
+                            min_score=0.0, use_tissue=False)
+    assert result.task == "mitoses" and result.slide_info["mpp"] == 0.5
+    assert result.parameters["min_score"] == 0.0
+    assert result.summary()["analysed_area_mm2"] == pytest.approx(320 * 320 * 0.25 * 1e-6,
+                                                                  rel=1e-6)

@@ -139,3 +139,17 @@ def test_cli_writes_mask_store_geojson_and_summary(phantom_small, tiny_model, tm
                           "--out", str(tmp_path / "x"), "--refine", "2"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "refine" in bad.stderr
+
+
+def test_segment_tumour_api_refines_and_its_slider_shows_stage_1(phantom_small, tiny_model
+                                                                 ) -> None:
+    """The public `segment_tumour`: a refined result, and `refine=0` on the slider gives
+    stage 1 alone without running a network."""
+    from napari_wsi_detect import segment_tumour
+
+    result = segment_tumour(str(phantom_small), model=str(tiny_model), device="cpu",
+                            threshold=0.3, region=(0, 0, 2048, 2048))
+    assert result.task == "tumour" and result.detections.extra["refined"] is True
+    assert result.parameters["threshold"] == 0.3
+    result.postprocess(refine=0)
+    assert result.detections.extra["refined"] is False

@@ -19,6 +19,30 @@ from .detectors.result import SUMMARY_KEYS, DetectionResult
 MetastasisResult = DetectionResult
 
 
+def _run(task: str, slide: Any, model: Any, *, options: dict[str, Any],
+         params: dict[str, Any], device: str, region: Any, out: Any,
+         batch_size: int | None, roi_cells: int | None, progress: ProgressFn | None,
+         cancel: threading.Event | None, n_readers: int, overwrite: bool,
+         on_tile: Callable[[Any], None] | None, tissue_mask: Any, use_tissue: bool,
+         mpp: float | None = None) -> DetectionResult:
+    """The one request every front builds: a path or an opened slide, a model name/path
+    or a network in memory."""
+    opened = None if isinstance(slide, (str, os.PathLike)) else slide
+    in_memory = not isinstance(model, (str, os.PathLike))
+    request = DetectionRequest(
+        task=task,
+        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
+        model="in-memory" if in_memory else os.fspath(model),
+        device=device, options=options, params=params,
+        region=tuple(region) if region is not None else None,
+        out=os.fspath(out) if out is not None else None,
+        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
+        use_tissue=use_tissue, overwrite=overwrite, mpp=mpp,
+    )
+    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
+                  model=model if in_memory else None, tissue_mask=tissue_mask)
+
+
 def detect_metastases(
     slide: Any,
     model: Any = "demo",
@@ -47,23 +71,13 @@ def detect_metastases(
     end; a cancelled run (`cancel` set) raises CancelledError and keeps the partial
     store. `on_tile(HeatmapTile)` sees each tile as it finishes (live display).
     `tissue_mask`: a precomputed `TissueMask` (default: `compute_tissue_mask(slide)`)."""
-    opened = None if isinstance(slide, (str, os.PathLike)) else slide
-    in_memory = not isinstance(model, (str, os.PathLike))
-    request = DetectionRequest(
-        task="metastases",
-        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
-        model="in-memory" if in_memory else os.fspath(model),
-        device=device,
-        options={"alpha": alpha},
-        params={"threshold": threshold, "opening_um": opening_um,
-                "min_area_um2": min_area_um2},
-        region=tuple(region) if region is not None else None,
-        out=os.fspath(out) if out is not None else None,
-        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
-        use_tissue=use_tissue, overwrite=overwrite,
-    )
-    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
-                  model=model if in_memory else None, tissue_mask=tissue_mask)
+    return _run("metastases", slide, model, options={"alpha": alpha},
+                params={"threshold": threshold, "opening_um": opening_um,
+                        "min_area_um2": min_area_um2},
+                device=device, region=region, out=out, batch_size=batch_size,
+                roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
+                overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
+                use_tissue=use_tissue)
 
 
 def detect_mitoses(
@@ -94,24 +108,17 @@ def detect_mitoses(
     needs it; otherwise the model's 0.25 is assumed with a warning). `model`: "mitoses"
     (bundled), a model file, a (module, config) pair or a module. The rest as for
     `detect_metastases`; sliders: `result.postprocess(min_score=..., min_area_um2=...)`."""
-    opened = None if isinstance(slide, (str, os.PathLike)) else slide
-    in_memory = not isinstance(model, (str, os.PathLike))
-    if opened is not None and mpp is not None:
-        opened.mpp = float(mpp)
-    request = DetectionRequest(
-        task="mitoses",
-        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
-        model="in-memory" if in_memory else os.fspath(model),
-        device=device,
-        params={"min_score": min_score, "min_area_um2": min_area_um2,
-                "smoothing_um": smoothing_um},
-        region=tuple(region) if region is not None else None,
-        out=os.fspath(out) if out is not None else None,
-        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
-        use_tissue=use_tissue, overwrite=overwrite, mpp=mpp if opened is None else None,
-    )
-    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
-                  model=model if in_memory else None, tissue_mask=tissue_mask)
+    opened = not isinstance(slide, (str, os.PathLike))
+    if opened and mpp is not None:
+        slide.mpp = float(mpp)
+    return _run("mitoses", slide, model, options={},
+                params={"min_score": min_score, "min_area_um2": min_area_um2,
+                        "smoothing_um": smoothing_um},
+                mpp=None if opened else mpp,
+                device=device, region=region, out=out, batch_size=batch_size,
+                roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
+                overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
+                use_tissue=use_tissue)
 
 
 def segment_tumour(
@@ -142,21 +149,13 @@ def segment_tumour(
     `result.postprocess(threshold=..., min_area_um2=..., refine=0 | 1)` (0 = stage 1
     alone). `model`: "tumour" (bundled), a model file, a (module, config) pair or a
     module. The rest as for `detect_metastases`."""
-    opened = None if isinstance(slide, (str, os.PathLike)) else slide
-    in_memory = not isinstance(model, (str, os.PathLike))
-    request = DetectionRequest(
-        task="tumour",
-        slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
-        model="in-memory" if in_memory else os.fspath(model),
-        device=device,
-        params={"threshold": threshold, "min_area_um2": min_area_um2, "refine": refine},
-        region=tuple(region) if region is not None else None,
-        out=os.fspath(out) if out is not None else None,
-        roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
-        use_tissue=use_tissue, overwrite=overwrite,
-    )
-    return detect(request, cancel, progress=progress, on_tile=on_tile, slide=opened,
-                  model=model if in_memory else None, tissue_mask=tissue_mask)
+    return _run("tumour", slide, model, options={},
+                params={"threshold": threshold, "min_area_um2": min_area_um2,
+                        "refine": refine},
+                device=device, region=region, out=out, batch_size=batch_size,
+                roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
+                overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
+                use_tissue=use_tissue)
 
 
 __all__ = ["SUMMARY_KEYS", "DetectionResult", "MetastasisResult", "detect_metastases",
