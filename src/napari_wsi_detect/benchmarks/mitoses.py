@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from . import bench_model
+
 SHARED_CROPS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mitosis-midog21"
 
 
@@ -43,19 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model(name: str, device: Any) -> tuple[Any, dict]:
-    if name == "random":
-        import torch
+    from ..models.segmitos import SegMitosFCN
 
-        from ..models.segmitos import SegMitosFCN
-
-        torch.manual_seed(0)
-        net = SegMitosFCN()
-        config = {**net.config(), "task": "mitoses", "mpp": 0.25,
-                  "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-        return net.to(device).eval(), config
-    from ..models.io import load_model
-
-    return load_model(name, device)
+    return bench_model(name, device, SegMitosFCN, "mitoses", 0.25)
 
 
 def _field(cache: Path) -> Path:

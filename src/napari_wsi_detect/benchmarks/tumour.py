@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import bench_model
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 6144, 16384, 12288],
@@ -46,19 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model(name: str, device: Any) -> tuple[Any, dict]:
-    if name == "random":
-        import torch
+    from ..models.h2g import H2GNet
 
-        from ..models.h2g import H2GNet
-
-        torch.manual_seed(0)
-        net = H2GNet()
-        config = {**net.config(), "task": "tumour", "mpp": 1.0,
-                  "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-        return net.to(device).eval(), config
-    from ..models.io import load_model
-
-    return load_model(name, device)
+    return bench_model(name, device, H2GNet, "tumour", 1.0)
 
 
 def measure(path: Path, net: Any, config: dict, device: Any, readers: int = 2) -> dict:

@@ -577,6 +577,13 @@ def load_truth(
     """Truth of every file given; a folder contributes its mask/annotation files, one per
     slide id (mask preferred over XML over JSON over GeoJSON). `level0_mpp`: see
     `load_truth_file` (None = each file's recorded pixel size, else 0.243)."""
+    return [load_truth_file(f, level0_mpp) for f in truth_files(paths)]
+
+
+def truth_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The truth files of `paths`: each file given, and from each folder its mask or
+    annotation files, one per slide id (mask preferred over XML over JSON over GeoJSON);
+    a file given by name wins over a folder's file of the same slide."""
     chosen: dict[str, Path] = {}
     explicit: list[Path] = []
     for p in map(Path, paths):
@@ -590,9 +597,8 @@ def load_truth(
             explicit.append(p)
         else:
             raise AnnotationError(f"ground truth not found: {p}")
-    files = explicit + [f for k, f in chosen.items()
-                        if k not in {slide_id_from_path(e).lower() for e in explicit}]
-    return [load_truth_file(f, level0_mpp) for f in files]
+    given = {slide_id_from_path(e).lower() for e in explicit}
+    return explicit + [f for k, f in chosen.items() if k not in given]
 
 
 # --------------------------------------------------------------------------------------

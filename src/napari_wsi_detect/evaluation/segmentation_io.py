@@ -35,12 +35,11 @@ from ..errors import AnnotationError
 from .froc import EVALUATION_DOWNSAMPLE, EvaluationError, check_mask_cells, rasterise_polygons
 from .froc_io import (
     RUN_SUMMARY,
-    _is_truth_candidate,
     _summary_mpp,
-    _truth_rank,
     is_mask_file,
     read_mask_file,
     slide_id_from_path,
+    truth_files,
 )
 from .segmentation import SlideDice, slide_dice
 
@@ -131,21 +130,7 @@ def _phantom_mpp(path: Path) -> float | None:
 
 
 def load_truth_masks(paths: Iterable[str | os.PathLike]) -> list[MaskSource]:
-    chosen: dict[str, Path] = {}
-    explicit: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for child in sorted(p.iterdir()):
-                if child.is_file() and _is_truth_candidate(child):
-                    key = slide_id_from_path(child).lower()
-                    if key not in chosen or _truth_rank(child) < _truth_rank(chosen[key]):
-                        chosen[key] = child
-        elif p.is_file():
-            explicit.append(p)
-        else:
-            raise AnnotationError(f"ground truth not found: {p}")
-    given = {slide_id_from_path(e).lower() for e in explicit}
-    files = explicit + [f for k, f in chosen.items() if k not in given]
+    files = truth_files(paths)
     if not files:
         raise AnnotationError(
             f"no ground truth in {', '.join(map(str, paths))}: expected level-5 mask TIFFs "
