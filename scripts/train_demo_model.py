@@ -38,6 +38,20 @@ def write_phantoms(work: Path, seeds: list[int], normal: set[int], size: tuple[i
     return paths
 
 
+def parse_augment(cls: type, pairs: list[str]) -> object:
+    """An AugmentConfig with the KEY=VALUE fields changed (typed as the defaults)."""
+    cfg = cls()
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in cls.__dataclass_fields__ or not value:
+            raise SystemExit(f"--augment: not a field=value of AugmentConfig: {pair!r}")
+        old = getattr(cfg, key)
+        typed = (value.lower() in ("1", "true", "yes") if isinstance(old, bool)
+                 else type(old)(value))
+        setattr(cfg, key, typed)
+    return cfg
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/wsi-detect-demo-training")
@@ -62,6 +76,11 @@ def main() -> int:
                     metavar=("NORMAL", "HARD", "TUMOUR"),
                     help="stage-2 class probabilities")
     ap.add_argument("--hnm-max-per-slide", type=int, default=2000)
+    ap.add_argument("--augment", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="AugmentConfig fields to change, e.g. stain_strength_min=0.6 "
+                         "stain_strength_max=1.5 blur_sigma=1.5 jpeg_quality_min=50")
+    ap.add_argument("--version", default="1", help="the model's 'version' in its JSON")
+    ap.add_argument("--note", default=None, help="training.data.note in the model's JSON")
     ap.add_argument("--stage1-out", default=None,
                     help="also save the stage-1 model (before hard negative mining) at this "
                          "path stem, for scripts/evaluate_demo_model.py (default: "
@@ -70,6 +89,7 @@ def main() -> int:
 
     from napari_wsi_detect.models.anchor import densify
     from napari_wsi_detect.models.io import load_model, save_model
+    from napari_wsi_detect.training.augment import AugmentConfig
     from napari_wsi_detect.training.hard_negatives import mine_hard_negatives
     from napari_wsi_detect.training.metastases import TrainConfig, train_metastases
     from napari_wsi_detect.training.sampler import PatchSampler
@@ -95,6 +115,7 @@ def main() -> int:
                       init_model=args.init_model, hnm_max_per_slide=args.hnm_max_per_slide,
                       stage2_class_probs=dict(zip(("normal", "hard", "tumour"),
                                                   args.stage2_probs, strict=True)),
+                      augment=parse_augment(AugmentConfig, args.augment),
                       device="cpu")
     # Stage 1 runs as its own call (stopping exactly at the end of stage 1, as an
     # interrupted run would) so that its model can be kept; the second call resumes from
@@ -144,14 +165,15 @@ def main() -> int:
               and k not in ("weights", "weights_sha256", "created", "package_version",
                             "format_version")}
     config["name"] = "demo"
-    config["version"] = "1"
+    config["version"] = args.version
     config["training"] = {
         **(config.get("training") or {}),
         "slides": [p.name for p in slides], "val_slides": [p.name for p in val],
         "data": {"phantom_seeds": train_seeds, "normal_seeds": sorted(normal),
                  "val_seeds": val_seeds, "phantom_size": list(args.size),
                  "made_by": "scripts/train_demo_model.py",
-                 "init_model": args.init_model},
+                 "init_model": args.init_model,
+                 **({"note": args.note} if args.note else {})},
         "scores": scores, "seconds_total": round(seconds, 1),
         "seconds_phantoms": round(t_data, 1),
     }

@@ -14,6 +14,7 @@ from napari_wsi_detect.postprocess.regions import (
     _disk,
     binary_open_disk,
     extract_regions,
+    hysteresis_mask,
     opening_radius_cells,
     slide_score,
 )
@@ -115,3 +116,31 @@ def test_bad_inputs():
         extract_regions(np.zeros((3, 3)), g)
     with pytest.raises(WsiDetectError, match="threshold"):
         extract_regions(np.zeros(g.shape), g, threshold=2)
+
+
+def test_hysteresis_keeps_a_speckled_lesion_whole_and_never_seeds_weak_specks():
+    # A 20 x 20-cell lesion whose map is speckled between 0.55 and 0.95 (a stain shift):
+    # at a hard 0.7 threshold it shatters; grown down to 0.5 it is one region of its
+    # full area. A separate patch that never reaches 0.7 stays out either way.
+    g = geom()
+    rng = np.random.default_rng(0)
+    p = np.zeros(g.shape, np.float32)
+    p[10:30, 10:30] = rng.choice([0.55, 0.95], size=(20, 20), p=[0.6, 0.4])
+    p[40:50, 50:60] = 0.65  # weak everywhere: no seed
+    hard = extract_regions(p, g, threshold=0.7, opening_um=0)
+    grown = extract_regions(p, g, threshold=0.7, opening_um=0, hysteresis=0.2)
+    assert len(hard) > 5
+    assert len(grown) == 1
+    assert grown[0].n_cells == 400
+    assert grown[0].max_prob == pytest.approx(0.95)
+    assert sum(r.n_cells for r in hard) < 400
+    # 0 is the plain threshold, exactly.
+    same = extract_regions(p, g, threshold=0.7, opening_um=0, hysteresis=0.0)
+    assert [r.n_cells for r in same] == [r.n_cells for r in hard]
+    # The mask: 8-connected growth, inclusive thresholds, NaN never positive.
+    q = np.array([[0.7, 0.0, 0.5], [0.0, 0.5, 0.0], [np.nan, 0.0, 0.49]], np.float32)
+    np.testing.assert_array_equal(
+        hysteresis_mask(q, 0.7, 0.5),
+        [[True, False, True], [False, True, False], [False, False, False]])
+    with pytest.raises(WsiDetectError):
+        extract_regions(p, g, threshold=0.7, hysteresis=1.5)

@@ -62,6 +62,7 @@ def detect_metastases(
     on_tile: Callable[[Any], None] | None = None,
     tissue_mask: Any = None,
     use_tissue: bool = True,
+    hysteresis: float | None = None,
 ) -> DetectionResult:
     """Fast ScanNet metastasis detection on a whole slide (or a level-0 `region` x,y,w,h).
 
@@ -73,7 +74,7 @@ def detect_metastases(
     `tissue_mask`: a precomputed `TissueMask` (default: `compute_tissue_mask(slide)`)."""
     return _run("metastases", slide, model, options={"alpha": alpha},
                 params={"threshold": threshold, "opening_um": opening_um,
-                        "min_area_um2": min_area_um2},
+                        "min_area_um2": min_area_um2, "hysteresis": hysteresis},
                 device=device, region=region, out=out, batch_size=batch_size,
                 roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
                 overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,

@@ -2,8 +2,8 @@
 
 The network is the no-padding VGG FCN (models/scannet.py) made dense with anchor layers
 (models/anchor.py) at density α; the map is the tumour probability at output stride
-32/α model px; post-processing is opening, threshold and connected regions
-(postprocess/regions.py) with the slide score = the map's maximum.
+32/α model px; post-processing is threshold (optionally with hysteresis), opening and connected
+regions (postprocess/regions.py) with the slide score = the map's maximum.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ OPENING_UM = Param(
 MIN_AREA_UM2 = Param(
     "min_area_um2", "Minimum area", 0.0, 0.0, 1e7, step=100.0, unit="µm²", decimals=0,
     help="Regions smaller than this area are dropped (0 = keep all).")
+HYSTERESIS = Param(
+    "hysteresis", "Hysteresis", 0.0, 0.0, 0.5, step=0.01, decimals=2,
+    help="Grow each region from its cells at or above the threshold into connected "
+         "cells down to threshold − hysteresis, so a lesion whose probability is speckled "
+         "around the threshold stays one region (0 = plain threshold).")
 
 
 class MetastasisDetector(Detector):
@@ -41,7 +46,7 @@ class MetastasisDetector(Detector):
     architectures = ("scannet-fcn",)
     default_model = "demo"
     options = (ALPHA,)
-    params = (THRESHOLD, OPENING_UM, MIN_AREA_UM2)
+    params = (THRESHOLD, OPENING_UM, MIN_AREA_UM2, HYSTERESIS)
     layer_name = "metastases"
     heatmap_name = "metastasis heatmap"
     results_file = "regions.geojson"
@@ -77,7 +82,8 @@ class MetastasisDetector(Detector):
         t = time.perf_counter()
         regions = extract_regions(heatmap, geometry, threshold=float(values["threshold"]),
                                   opening_um=float(values["opening_um"]),
-                                  min_area_um2=float(values["min_area_um2"]))
+                                  min_area_um2=float(values["min_area_um2"]),
+                                  hysteresis=float(values["hysteresis"]))
         return Detections("regions", regions, slide_score(heatmap),
                           seconds=time.perf_counter() - t)
 

@@ -6,6 +6,11 @@ probability; the slide score is the maximum of the map. Opening commutes with
 thresholding for a flat structuring element (threshold decomposition), so we open the
 binary mask, which is far cheaper than a grey-level opening of the map.
 
+Hysteresis (`hysteresis` > 0): a cell at or above `threshold − hysteresis` is positive
+when it is 8-connected, through such cells, to one at or above `threshold`. A lesion
+whose map is speckled around the threshold (a stain the model saw little of) stays one
+region instead of shattering, while isolated weak cells never start one.
+
 Polygons follow the cell edges in level-0 pixels (cell (r, c) owns
 [c*S*d, (c+1)*S*d) x [r*S*d, (r+1)*S*d), engine/plan.py), clipped to the slide, holes kept
 as inner rings; outer rings counter-clockwise and inner rings clockwise in (x, y) (the
@@ -31,6 +36,7 @@ from ..errors import WsiDetectError
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_OPENING_UM = 8.0  # ~2 cells at alpha = 2, 0.243 µm/px: removes 1-3 cell specks
 DEFAULT_MIN_AREA_UM2 = 0.0
+DEFAULT_HYSTERESIS = 0.0
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -179,6 +185,22 @@ def binary_open_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     return opened
 
 
+def hysteresis_mask(p: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Cells >= `low` 8-connected (through cells >= `low`) to a cell >= `high`.
+    (skimage.filters.apply_hysteresis_threshold does this with 4-connectivity and strict
+    inequalities; the regions here are 8-connected and thresholds inclusive.)"""
+    with np.errstate(invalid="ignore"):
+        weak = p >= low  # NaN (not computed) is never positive
+        strong = p >= high
+    if low >= high or not strong.any():
+        return strong
+    labels, n = ndi.label(weak, structure=_EIGHT)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(labels[strong])] = True
+    keep[0] = False
+    return keep[labels]
+
+
 def _oriented(geom: Any) -> Polygon | MultiPolygon:
     if isinstance(geom, Polygon):
         return orient(geom, 1.0)
@@ -195,9 +217,11 @@ def extract_regions(
     threshold: float = DEFAULT_THRESHOLD,
     opening_um: float = DEFAULT_OPENING_UM,
     min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    hysteresis: float = DEFAULT_HYSTERESIS,
 ) -> list[Region]:
-    """Regions of the map with probability >= `threshold` after opening, largest score
-    first. `mpp` (µm per level-0 px) defaults to the geometry's slide mpp."""
+    """Regions of the map with probability >= `threshold` (grown down to `threshold −
+    hysteresis`, module docstring) after opening, largest score first. `mpp` (µm per
+    level-0 px) defaults to the geometry's slide mpp."""
     p = np.asarray(prob_map, dtype=np.float32)
     if p.shape != geometry.shape:
         raise WsiDetectError(
@@ -205,9 +229,10 @@ def extract_regions(
         )
     if not 0.0 <= threshold <= 1.0:
         raise WsiDetectError(f"threshold must be between 0 and 1, got {threshold}")
+    if not 0.0 <= hysteresis <= 1.0:
+        raise WsiDetectError(f"hysteresis must be between 0 and 1, got {hysteresis}")
     mpp = float(mpp or geometry.slide_mpp)
-    with np.errstate(invalid="ignore"):
-        binary = p >= threshold  # NaN (not computed) is never positive
+    binary = hysteresis_mask(p, threshold, threshold - hysteresis)
     if not binary.any():
         return []
     # Work on the bounding box of the positives (plus the disk) only.
@@ -267,5 +292,6 @@ def cell_area_um2(geometry: MapGeometry) -> float:
 
 __all__ = [
     "Region", "extract_regions", "slide_score", "opening_radius_cells", "region_summary",
-    "DEFAULT_THRESHOLD", "DEFAULT_OPENING_UM", "DEFAULT_MIN_AREA_UM2",
+    "DEFAULT_THRESHOLD", "DEFAULT_OPENING_UM", "DEFAULT_MIN_AREA_UM2", "DEFAULT_HYSTERESIS",
+    "hysteresis_mask",
 ]
