@@ -40,7 +40,7 @@ def detections_of(regions: list) -> np.ndarray:
 def froc_of_slide(slide_path: Path, regions: list, mpp: float) -> dict[str, Any] | None:
     """FROC of one phantom slide against its level-5 truth mask (None if it has no lesion)."""
     from .evaluation.froc import SlideEval, compute_froc
-    from .evaluation.froc_io import load_truth_file
+    from .evaluation.truth_masks import load_truth_file
 
     mask = slide_path.with_name(slide_path.stem + ".tumour-mask.tif")
     truth = load_truth_file(mask, level0_mpp=mpp)

@@ -36,7 +36,7 @@ class CohortError(WsiDetectError):
 def find_slides(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Absolute slide paths, in the order given (a folder's slides sorted by name),
     each once."""
-    from ..evaluation.froc_io import is_mask_file
+    from ..evaluation.truth_masks import is_mask_file
 
     found: list[Path] = []
     for p in map(Path, paths):
@@ -70,7 +70,7 @@ def find_slides(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def slide_names(slides: list[Path]) -> list[str]:
     """Output folder name of each slide: its id, disambiguated when two share it."""
-    from ..evaluation.froc_io import slide_id_from_path
+    from ..evaluation.truth_masks import slide_id_from_path
 
     ids = [slide_id_from_path(s) for s in slides]
     lower = [i.lower() for i in ids]

@@ -33,15 +33,15 @@ import numpy as np
 
 from ..errors import AnnotationError
 from .froc import EVALUATION_DOWNSAMPLE, EvaluationError, check_mask_cells, rasterise_polygons
-from .froc_io import (
+from .froc_io import _summary_mpp
+from .segmentation import SlideDice, slide_dice
+from .truth_masks import (
     RUN_SUMMARY,
-    _summary_mpp,
     is_mask_file,
     read_mask_file,
     slide_id_from_path,
     truth_files,
 )
-from .segmentation import SlideDice, slide_dice
 
 DS = EVALUATION_DOWNSAMPLE
 _MPP_TOLERANCE = 0.02
