@@ -21,9 +21,9 @@ from napari_wsi_detect._napari.annotation_reader import (  # noqa: E402
     read_annotations,
 )
 from napari_wsi_detect._napari.reader import napari_get_reader  # noqa: E402
+from napari_wsi_detect._napari.shapes_export import layer_to_features  # noqa: E402
 from napari_wsi_detect._napari.shapes_io import (  # noqa: E402
     features_to_layers,
-    layer_to_features,
     regions_to_layer_data,
 )
 from napari_wsi_detect._napari.writer import write_layer, write_points, write_shapes  # noqa: E402

@@ -5,7 +5,7 @@ builder in `result_kinds`.
 
 * Points: layer data = level-0 (row, col) with `shapes_io.placement` (the same
   placement as every annotation layer, so export is exact). Features `score` and
-  `area_um2`; export (`shapes_io.points_to_features`, the npe2 writer) makes each a
+  `area_um2`; export (`shapes_export.points_to_features`, the npe2 writer) makes each a
   QuPath Point detection classified "Mitosis" with both as measurements. No `class`
   column: every point of this layer is a mitosis, including the ones a pathologist
   adds.

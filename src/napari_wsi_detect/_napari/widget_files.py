@@ -61,7 +61,7 @@ class RunFilesMixin:
     @notify_errors
     def save_run(self) -> Path | None:
         """Write heatmap.zarr, the result layer as edited, and summary.json."""
-        from napari_wsi_detect._napari.shapes_io import layer_to_features
+        from napari_wsi_detect._napari.shapes_export import layer_to_features
 
         state = self._current_state()
         if state is None or state.result is None:
@@ -178,7 +178,7 @@ class RunFilesMixin:
     def export_qupath(self) -> Path | None:
         """The heatmap as a pyramidal OME-TIFF overlay and the result layer (as edited)
         as QuPath GeoJSON beside it (docs/results-elsewhere.md says what to click)."""
-        from napari_wsi_detect._napari.shapes_io import layer_to_features
+        from napari_wsi_detect._napari.shapes_export import layer_to_features
         from napari_wsi_detect.annotations.geojson import write_geojson
         from napari_wsi_detect.exports.qupath import default_overlay_name, write_overlay
 

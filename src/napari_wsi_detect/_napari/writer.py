@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_wsi_detect._napari.annotation_reader import viewer_slide_mpp
-from napari_wsi_detect._napari.shapes_io import points_to_features, shapes_to_features
+from napari_wsi_detect._napari.shapes_export import points_to_features, shapes_to_features
 from napari_wsi_detect.annotations.geojson import Feature, write_geojson
 from napari_wsi_detect.errors import AnnotationError
 
