@@ -14,13 +14,13 @@ from shapely.geometry import Polygon
 
 from napari_wsi_detect.annotations.geojson import (
     Feature,
-    check_qupath_geojson,
     feature_collection,
     points_to_features,
     read_geojson,
     regions_to_features,
     write_geojson,
 )
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson
 from napari_wsi_detect.engine.plan import MapGeometry
 from napari_wsi_detect.errors import AnnotationError
 from napari_wsi_detect.postprocess.regions import extract_regions

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from napari_wsi_detect.annotations.geojson import check_qupath_geojson, read_geojson, write_geojson
+from napari_wsi_detect.annotations.geojson import read_geojson, write_geojson
 from napari_wsi_detect.annotations.point_truth import read_point_sets
 from napari_wsi_detect.annotations.points import mitoses_to_features, read_mitosis_features
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson
 from napari_wsi_detect.postprocess.mitotic_count import hotspot
 
 

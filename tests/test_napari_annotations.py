@@ -29,10 +29,10 @@ from napari_wsi_detect._napari.shapes_io import (  # noqa: E402
 from napari_wsi_detect._napari.writer import write_layer, write_points, write_shapes  # noqa: E402
 from napari_wsi_detect.annotations.geojson import (  # noqa: E402
     Feature,
-    check_qupath_geojson,
     load_geojson_object,
     shape_to_geometry,
 )
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson  # noqa: E402
 from napari_wsi_detect.engine.plan import MapGeometry  # noqa: E402
 from napari_wsi_detect.errors import AnnotationError  # noqa: E402
 from napari_wsi_detect.postprocess.regions import extract_regions  # noqa: E402

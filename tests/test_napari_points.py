@@ -19,7 +19,6 @@ from napari_wsi_detect._napari.points_io import POINT_UM, mitoses_to_layer_data 
 from napari_wsi_detect._napari.result_kinds import layer_data  # noqa: E402
 from napari_wsi_detect._napari.writer import write_points, write_shapes  # noqa: E402
 from napari_wsi_detect.annotations.geojson import (  # noqa: E402
-    check_qupath_geojson,
     read_geojson,
     write_geojson,
 )
@@ -27,6 +26,7 @@ from napari_wsi_detect.annotations.points import (  # noqa: E402
     mitoses_to_features,
     read_mitosis_features,
 )
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson  # noqa: E402
 from napari_wsi_detect.detectors.base import Detections  # noqa: E402
 from napari_wsi_detect.postprocess.blobs import Mitosis  # noqa: E402
 from napari_wsi_detect.postprocess.mitotic_count import hotspot  # noqa: E402

@@ -168,7 +168,7 @@ def test_truth_file_and_classes(phantom_small):
     ring = tum["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1]
     try:
-        from napari_wsi_detect.annotations.geojson import check_qupath_geojson
+        from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson
     except ImportError:  # pragma: no cover
         return
     assert check_qupath_geojson(doc) == []

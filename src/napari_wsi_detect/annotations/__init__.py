@@ -12,7 +12,7 @@ _LAZY = {
     "write_geojson": "napari_wsi_detect.annotations.geojson",
     "regions_to_features": "napari_wsi_detect.annotations.geojson",
     "points_to_features": "napari_wsi_detect.annotations.geojson",
-    "check_qupath_geojson": "napari_wsi_detect.annotations.geojson",
+    "check_qupath_geojson": "napari_wsi_detect.annotations.qupath_check",
     "read_asap_xml": "napari_wsi_detect.annotations.asap",
     "read_camelyon_json": "napari_wsi_detect.annotations.camelyon_json",
     "PointSet": "napari_wsi_detect.annotations.point_truth",
