@@ -178,6 +178,19 @@ def main() -> int:
         "seconds_phantoms": round(t_data, 1),
     }
     config["training"].pop("annotations", None)
+    # The look of the training slides, for stain_normalisation at inference (stain.py).
+    from napari_wsi_detect.slide import open_slide
+    from napari_wsi_detect.slide.tissue import compute_tissue_mask
+    from napari_wsi_detect.stain import fit_reference
+
+    opened = [open_slide(p) for p in slides]
+    try:
+        config["stain_reference"] = {
+            **fit_reference(opened, [compute_tissue_mask(s) for s in opened]),
+            "slides": [p.name for p in slides]}
+    finally:
+        for s in opened:
+            s.close()
     weights, cfg_json = save_model(model, args.out, config)
     print(json.dumps({"model": str(weights), "scores": scores,
                       "seconds_total": round(seconds, 1)}, indent=2))

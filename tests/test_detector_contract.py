@@ -87,7 +87,8 @@ def test_schema_is_complete(case) -> None:
         assert p.help and p.label and p.stage in ("run", "post")
         assert p.validate(p.default) == p.default
         with pytest.raises(WsiDetectError, match=p.key):
-            p.validate(p.maximum + 1 if not p.choices else max(p.choices) + 1)
+            p.validate("not-a-choice" if p.named else p.maximum + 1 if not p.choices
+                       else max(p.choices) + 1)
         with pytest.raises(WsiDetectError):
             p.validate("abc")
 

@@ -326,7 +326,8 @@ def test_export_save_and_open_run_through_the_buttons(widget, viewer, qtbot, mon
                                                       tmp_path) -> None:
     import json
 
-    from napari_wsi_detect.annotations.geojson import check_qupath_geojson, load_geojson_object
+    from napari_wsi_detect.annotations.geojson import load_geojson_object
+    from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson
 
     click(widget.detect_button)
     _wait_idle(qtbot, widget)
@@ -427,3 +428,30 @@ def test_closing_the_widget_cancels_its_run(widget, viewer, qtbot, monkeypatch) 
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert widget.last_outcome is not None and widget.last_outcome.status == "cancelled"
+
+
+def test_stain_normalisation_chosen_in_its_combo_runs_and_is_recorded(
+        widget, viewer, qtbot, phantom_small, tmp_path, monkeypatch) -> None:
+    import torch
+
+    from napari_wsi_detect.models.io import save_model
+    from napari_wsi_detect.models.scannet import ScanNetFCN
+    from napari_wsi_detect.slide import open_slide
+    from napari_wsi_detect.stain import fit_reference
+
+    with open_slide(phantom_small) as slide:
+        ref = fit_reference([slide])
+    torch.manual_seed(0)
+    weights, _ = save_model(ScanNetFCN(width=0.0625), tmp_path / "stained",
+                            {"mpp": MPP, "task": "metastases", "stain_reference": ref})
+    answer(monkeypatch, "ask_open_file", str(weights))
+    click(widget.model_button)
+    combo = widget.controls["stain_normalisation"]
+    assert combo.isVisibleTo(widget.window()) and combo.value() == "none"
+    assert [combo.itemData(i) for i in range(combo.count())] == ["none", "macenko", "reinhard"]
+    set_value(widget, "stain_normalisation", "macenko")
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    assert widget.last_outcome.status == "done"
+    assert widget.result.parameters["stain_normalisation"] == "macenko"
+    assert widget.result.slide_info["stain"]["method"] == "macenko"

@@ -63,6 +63,7 @@ def detect_metastases(
     tissue_mask: Any = None,
     use_tissue: bool = True,
     hysteresis: float | None = None,
+    stain_normalisation: str | None = None,
 ) -> DetectionResult:
     """Fast ScanNet metastasis detection on a whole slide (or a level-0 `region` x,y,w,h).
 
@@ -71,8 +72,12 @@ def detect_metastases(
     `out/heatmap.zarr.partial` (resumed if present) and the outputs are written at the
     end; a cancelled run (`cancel` set) raises CancelledError and keeps the partial
     store. `on_tile(HeatmapTile)` sees each tile as it finishes (live display).
-    `tissue_mask`: a precomputed `TissueMask` (default: `compute_tissue_mask(slide)`)."""
-    return _run("metastases", slide, model, options={"alpha": alpha},
+    `tissue_mask`: a precomputed `TissueMask` (default: `compute_tissue_mask(slide)`).
+    `stain_normalisation`: "none", "macenko" or "reinhard" (default: the model's, else
+    none): the slide's stain mapped onto the model's reference before the network;
+    `hysteresis`: regions grow down to threshold − hysteresis (0 = plain threshold)."""
+    return _run("metastases", slide, model,
+                options={"alpha": alpha, "stain_normalisation": stain_normalisation},
                 params={"threshold": threshold, "opening_um": opening_um,
                         "min_area_um2": min_area_um2, "hysteresis": hysteresis},
                 device=device, region=region, out=out, batch_size=batch_size,

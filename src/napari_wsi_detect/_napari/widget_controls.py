@@ -61,23 +61,24 @@ class FloatSlider(QWidget):
 
 
 class ChoiceCombo(QComboBox):
-    """A combo box over a parameter's fixed choices, with the FloatSlider interface."""
+    """A combo box over a parameter's fixed choices (numbers or names), with the
+    FloatSlider interface."""
 
-    valueChanged = Signal(float)
+    valueChanged = Signal(object)  # the choice: an int, or a str for named choices
 
-    def __init__(self, choices: tuple[int, ...], value: float, label: Any = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, choices: tuple[int | str, ...], value: float | str,
+                 label: Any = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         for c in choices:
             self.addItem(label(c) if label else str(c), c)
         self.setValue(value)
         self.currentIndexChanged.connect(lambda _i: self.valueChanged.emit(self.value()))
 
-    def value(self) -> float:
+    def value(self) -> float | str:
         return self.currentData()
 
-    def setValue(self, value: float) -> None:  # noqa: N802 - Qt naming
-        index = self.findData(int(value))
+    def setValue(self, value: float | str) -> None:  # noqa: N802 - Qt naming
+        index = self.findData(value if isinstance(value, str) else int(value))
         if index >= 0:
             self.setCurrentIndex(index)
 

@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument(param.flag, dest=param.key, default=None,
                            metavar=param.key.upper(),
                            help=f"{param.help} ({det.task}; default "
-                                f"{param.default:g}{unit})")
+                                f"{param.format(param.default)}{unit})")
     p.add_argument("--overwrite", action="store_true",
                    help="discard slide outputs made with another model or settings")
     p.add_argument("--retry-failed", action="store_true",

@@ -42,7 +42,7 @@ def add_param_arguments(p: argparse.ArgumentParser, params: Any, model_defaults:
         p.add_argument(param.flag, dest=param.key, type=param_type(param), default=None,
                        metavar=param.key.upper(),
                        help=f"{param.help} ({param.describe_range()}; {default}"
-                            f"{param.default:g}{unit})")
+                            f"{param.format(param.default)}{unit})")
 
 
 def mpp_arg(text: str) -> float:

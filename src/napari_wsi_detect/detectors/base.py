@@ -6,6 +6,8 @@ A detector owns what is specific to its task and its network:
   "post": slider values), as `Param` schemas;
 * `check_model(config)`: refuse a model file made for another task or shape;
 * `geometry` + `default_roi_cells`: how the slide is tiled (engine/plan.py conventions);
+* `pixel_transform(slide, tissue, config, options)`: optional, a per-pixel colour map
+  fitted once per slide and applied to every tile (the metastasis stain normalisation);
 * `forward(net, config, options)`: the batch forward the engine streams,
   (N, 3, H, W) float32 -> (N, H', W') map values;
 * `finish(store, ...)`: optional, once per run after the last tile (H2G-Net's U-Net);
@@ -135,6 +137,12 @@ class Detector:
             "width": config.get("width"),
             "normalisation": normalisation,
         }
+
+    def pixel_transform(self, slide: Any, tissue: Any, config: Mapping[str, Any],
+                        options: Mapping[str, Any]) -> Any:
+        """A per-pixel map applied to every tile before the network (uint8 RGB → uint8
+        RGB, fitted once per slide, e.g. stain normalisation), or None. Default: None."""
+        return None
 
     def finish(self, store: Any, slide: Any, net: Any, config: Mapping[str, Any],
                options: Mapping[str, Any]) -> None:

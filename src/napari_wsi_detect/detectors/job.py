@@ -76,6 +76,8 @@ class PreparedRun:
     model_name: str
     tissue: Any
     region: tuple[int, int, int, int] | None
+    # per-pixel map of every tile before the network (detector.pixel_transform), or None
+    pixel_transform: Any = None
 
 
 @dataclass
@@ -146,9 +148,11 @@ def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
                 options: dict[str, Any], device: Any, model_arg: Any = None,
                 region: tuple[int, int, int, int] | None = None,
                 roi_cells: int | None = None, batch_size: int | None = None,
-                tissue: Any = None, forward: Any = None) -> PreparedRun:
+                tissue: Any = None, forward: Any = None,
+                pixel_transform: Any = None) -> PreparedRun:
     """Geometry, ROI plan (tissue-filtered when `tissue` is given), forward, fingerprint.
-    `forward` replaces the detector's (a network being trained, already dense)."""
+    `forward` replaces the detector's (a network being trained, already dense);
+    `pixel_transform` maps each tile's pixels before it (stain normalisation)."""
     from ..engine.plan import plan_rois
     from ..engine.run import Normalisation
 
@@ -168,7 +172,8 @@ def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
         config=config, options=dict(options), geometry=geometry, rois=rois,
         roi_cells=cells, device=device, batch_size=bs, normalisation=norm,
         fingerprint=detector.fingerprint(config, options, norm.to_dict()),
-        model_name=model_identity(config, model_arg), tissue=tissue, region=region)
+        model_name=model_identity(config, model_arg), tissue=tissue, region=region,
+        pixel_transform=pixel_transform)
 
 
 def run_tiles(prep: PreparedRun, slide: Any, rois: list[Any] | None = None, store: Any = None,
@@ -176,13 +181,18 @@ def run_tiles(prep: PreparedRun, slide: Any, rois: list[Any] | None = None, stor
               n_readers: int = 2) -> Any:
     """The streaming runner over `rois` (default: the whole plan); iterate it for tiles,
     read `.stats` after."""
+    from ..engine.reader import read_roi
     from ..engine.run import HeatmapRunner
 
+    transform = prep.pixel_transform
+    # in the reader threads, like the read itself: the transform is numpy, per pixel
+    reader = read_roi if transform is None else (
+        lambda s, g, roi: transform(read_roi(s, g, roi)))
     return HeatmapRunner(slide, prep.forward, prep.geometry,
                          prep.rois if rois is None else rois, device=prep.device,
                          batch_size=prep.batch_size, store=store, progress_cb=progress,
                          cancel_event=cancel, n_readers=n_readers,
-                         normalisation=prep.normalisation)
+                         normalisation=prep.normalisation, reader=reader)
 
 
 def _forget_tile(store: Any, tile: Any, fresh: bool) -> None:
@@ -263,11 +273,16 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
 
             tissue = compute_tissue_mask(slide)
         timings["tissue_s"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+        transform = detector.pixel_transform(slide, tissue, config, options)
+        if transform is not None:
+            timings["pixel_transform_fit_s"] = round(time.perf_counter() - t, 4)
         try:
             prep = prepare_run(detector, slide, net, config, options=options, device=device,
                                model_arg=request.model if model is None else model,
                                region=request.region, roi_cells=request.roi_cells,
-                               batch_size=request.batch_size, tissue=tissue)
+                               batch_size=request.batch_size, tissue=tissue,
+                               pixel_transform=transform)
         except EmptyTissueError as exc:
             raise EmptyTissueError(
                 f"{Path(str(getattr(slide, 'path', request.slide))).name}: {exc}; if the "
@@ -304,14 +319,18 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
         if timings["inference_s"] > 0:
             timings["tissue_mpx_per_s"] = round(tissue_px / 1e6 / timings["inference_s"], 3)
         pending = len(store.pending(prep.rois))
+        t = time.perf_counter()
         if status == "done":
             detector.finish(store, slide, net, config, options)
         heatmap = store.to_numpy()
+        timings["stitch_s"] = round(time.perf_counter() - t, 4)
         if status == "done":
             store.mark_complete()  # result.write installs it with the results (one set)
         result = DetectionResult.build(
             detector, heatmap, prep, params, timings, slide, store, pending,
             device=str(device), use_tissue=tissue is not None)
+        if transform is not None and hasattr(transform, "to_dict"):
+            result.slide_info["stain"] = transform.to_dict()  # what the fit found
         timings["total_s"] = round(time.perf_counter() - start, 4)
         if request.out is not None and status == "done":
             result.write(request.out, locked=True)

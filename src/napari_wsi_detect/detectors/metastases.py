@@ -1,7 +1,8 @@
 """Fast ScanNet metastasis detection as a detector (METHODS §1).
 
 The network is the no-padding VGG FCN (models/scannet.py) made dense with anchor layers
-(models/anchor.py) at density α; the map is the tumour probability at output stride
+(models/anchor.py) at density α, optionally after stain normalisation of each tile
+towards the model's reference (stain.py, fitted once per slide); the map is the tumour probability at output stride
 32/α model px; post-processing is threshold (optionally with hysteresis), opening and connected
 regions (postprocess/regions.py) with the slide score = the map's maximum.
 """
@@ -22,6 +23,13 @@ ALPHA = Param(
     help="Dense coefficient: the map has one value every 32/α model pixels. α = 2 finds "
          "small metastases better than α = 1 at about the same cost; 4 and 8 are finer and "
          "cost more.")
+STAIN_NORMALISATION = Param(
+    "stain_normalisation", "Stain normalisation", "none", 0, 0,
+    choices=("none", "macenko", "reinhard"), stage="run",
+    help="Map the slide's H&E colours onto the model's training stain before the "
+         "network (fitted once per slide on a low-resolution level over the tissue): "
+         "macenko (stain vectors and strengths) or reinhard (colour statistics); for a "
+         "slide from another scanner or lab. Needs the model's stain_reference.")
 THRESHOLD = Param(
     "threshold", "Threshold", 0.5, 0.0, 1.0, step=0.01, decimals=2,
     help="Map cells with a tumour probability at or above this form regions.")
@@ -45,7 +53,7 @@ class MetastasisDetector(Detector):
     result_kind = "regions"
     architectures = ("scannet-fcn",)
     default_model = "demo"
-    options = (ALPHA,)
+    options = (ALPHA, STAIN_NORMALISATION)
     params = (THRESHOLD, OPENING_UM, MIN_AREA_UM2, HYSTERESIS)
     layer_name = "metastases"
     heatmap_name = "metastasis heatmap"
@@ -68,6 +76,13 @@ class MetastasisDetector(Detector):
         from ..engine.plan import default_roi_cells
 
         return default_roi_cells(str(device), int(options["alpha"]))
+
+    def pixel_transform(self, slide: Any, tissue: Any, config: Mapping[str, Any],
+                        options: Mapping[str, Any]) -> Any:
+        from ..stain import fit_slide
+
+        return fit_slide(slide, tissue, str(options["stain_normalisation"]),
+                         config.get("stain_reference"))
 
     def forward(self, net: Any, config: Mapping[str, Any], options: Mapping[str, Any]
                 ) -> Forward:

@@ -28,7 +28,7 @@ class ParamError(WsiDetectError):
 class Param:
     key: str
     label: str
-    default: float
+    default: float | str
     minimum: float
     maximum: float
     step: float = 1.0
@@ -36,8 +36,18 @@ class Param:
     decimals: int = 2
     help: str = ""
     stage: str = "post"  # "run" | "post"
-    choices: tuple[int, ...] = field(default=())  # a fixed set (e.g. alpha); empty = range
+    # A fixed set: numbers (alpha) or names (stain_normalisation); empty = a range.
+    choices: tuple[int | str, ...] = field(default=())
     integer: bool = False
+
+    @property
+    def named(self) -> bool:
+        """Whether the choices are names (the value is a string, not a number)."""
+        return bool(self.choices) and isinstance(self.choices[0], str)
+
+    def format(self, value: Any) -> str:
+        """`value` as the CLI and the messages show it."""
+        return str(value) if self.named else f"{value:g}"
 
     @property
     def flag(self) -> str:
@@ -49,8 +59,14 @@ class Param:
         unit = f" {self.unit}" if self.unit else ""
         return f"{self.minimum:g}–{self.maximum:g}{unit}"
 
-    def validate(self, value: Any) -> float | int:
-        """`value` as a number of this parameter, or ParamError naming the valid range."""
+    def validate(self, value: Any) -> float | int | str:
+        """`value` as a number (or name) of this parameter, or ParamError naming the
+        valid range."""
+        if self.named:
+            name = str(value).strip().lower() if isinstance(value, str) else value
+            if name not in self.choices:
+                raise ParamError(f"{self.key} must be {self.describe_range()}, got {value!r}")
+            return name
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -92,7 +108,7 @@ def canonical_keys(values: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def resolve(params: Iterable[Param], model_defaults: Mapping[str, Any] | None = None,
-            given: Mapping[str, Any] | None = None) -> dict[str, float | int]:
+            given: Mapping[str, Any] | None = None) -> dict[str, float | int | str]:
     """Values for `params`: schema default < model-file default < `given` (None = unset).
     Every value is validated; an unknown key in `given` is an error (a typo must not be
     silently ignored)."""
@@ -104,7 +120,7 @@ def resolve(params: Iterable[Param], model_defaults: Mapping[str, Any] | None = 
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}; this detector takes "
                          f"{', '.join(sorted(known))}")
-    out: dict[str, float | int] = {}
+    out: dict[str, float | int | str] = {}
     for p in params:
         if p.key in given:
             out[p.key] = p.validate(given[p.key])

@@ -351,10 +351,13 @@ def validate_config(config: dict, json_path: str | os.PathLike | None = None) ->
     options = config.get("options")
     if options is not None:
         if not isinstance(options, dict):
-            raise _bad(where, "options", "an object of numbers", options)
+            raise _bad(where, "options", "an object of numbers or names", options)
         for key, value in options.items():
+            # a named choice (stain_normalisation) is checked by the detector's Param
+            if isinstance(value, str) and value.strip():
+                continue
             if not _is_number(value) or not math.isfinite(value):
-                raise _bad(where, f"options.{key}", "a finite number", value)
+                raise _bad(where, f"options.{key}", "a finite number or a name", value)
     for nkey in ("normalisation", "normalization"):
         norm = config.get(nkey)
         if norm is None:

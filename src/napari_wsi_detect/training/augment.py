@@ -31,12 +31,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-# Ruifrok & Johnston (2001) optical-density vectors, as in skimage.color.rgb_from_hed:
-# haematoxylin, eosin, and a third (DAB) direction that completes the basis.
-RUIFROK_HED = np.array([[0.65, 0.70, 0.29],
-                        [0.07, 0.99, 0.11],
-                        [0.27, 0.57, 0.78]])
-RUIFROK_HED = RUIFROK_HED / np.linalg.norm(RUIFROK_HED, axis=1, keepdims=True)
+# One Macenko estimate and one H&E basis for training and inference (stain.py).
+from ..stain import RUIFROK_HED, macenko_stain_matrix
 
 # RGB → YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
 _RGB2YIQ = np.array([[0.299, 0.587, 0.114],
@@ -114,33 +110,6 @@ def _geometric(img: np.ndarray, out: int, angle_deg: float, zoom: float,
     res = Image.fromarray(img).transform((out, out), Image.Transform.AFFINE, data,
                                          resample=Image.Resampling.BILINEAR)
     return np.asarray(res)
-
-
-def macenko_stain_matrix(rgb: np.ndarray, beta: float = 0.15, alpha: float = 1.0
-                         ) -> np.ndarray | None:
-    """Macenko et al. (2009) H&E optical-density vectors of an image (3×3, rows H, E,
-    residual), or None when there is too little stained tissue to estimate them."""
-    od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 256.0)
-    od = od[np.all(od > beta, axis=1)]
-    if len(od) < 100:
-        return None
-    _, vecs = np.linalg.eigh(np.cov(od.T))
-    plane = vecs[:, 1:3]  # the two largest eigenvectors span the stain plane
-    proj = od @ plane
-    phi = np.arctan2(proj[:, 1], proj[:, 0])
-    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
-    v1 = plane @ np.array([math.cos(lo), math.sin(lo)])
-    v2 = plane @ np.array([math.cos(hi), math.sin(hi)])
-    v1 *= np.sign(v1.sum()) or 1.0
-    v2 *= np.sign(v2.sum()) or 1.0
-    # Haematoxylin is the bluer one (larger red-channel OD).
-    h, e = (v1, v2) if v1[0] > v2[0] else (v2, v1)
-    third = np.cross(h, e)
-    if np.linalg.norm(third) < 1e-6:
-        return None
-    third = np.abs(third)
-    m = np.stack([h, e, third])
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
 def stain_jitter(img: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
