@@ -31,7 +31,7 @@ def test_geometry_numbers_follow_the_paper():
     assert (g1.stride, g1.offset, g1.read_size(83)) == (32, 106, 2868)
     assert g.shape == (math.ceil(1000 / 16), math.ceil(1200 / 16))
     assert default_roi_cells("cuda", 2) == 166
-    assert geom(alpha=2).read_size(default_roi_cells("cpu", 2)) == 1060
+    assert geom(alpha=2).read_size(default_roi_cells("cpu", 2)) == 1892
 
 
 def test_cell_level0_transforms_and_napari():

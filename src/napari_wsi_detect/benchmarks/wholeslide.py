@@ -50,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="4096 x 3072 phantom, default width only, at most 12 ROIs")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--breakdown", type=Path, default=None, metavar="SLIDE",
+                        help="instead: time every stage of the default detection (bundled "
+                             "model, run folder outputs) on SLIDE (benchmarks/breakdown.py)")
+    parser.add_argument("--compare-roi-cells", type=int, nargs="+", default=None,
+                        metavar="T", help="--breakdown: one run per ROI size T (0 = the "
+                                          "default), side by side")
+    parser.add_argument("--backends", nargs="+", default=["fp32"],
+                        help="--breakdown: one run per inference backend (default fp32)")
+    parser.add_argument("--work", type=Path, default=Path("wsi-detect-breakdown"),
+                        help="--breakdown: folder for the run folders")
 
 
 class _RssSampler:
@@ -142,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
     from ..postprocess.regions import extract_regions
     from ..slide import open_slide
 
+    if args.breakdown is not None:
+        from .breakdown import run_breakdown
+
+        return run_breakdown(args, args.breakdown)
     size = (4096, 3072) if args.quick else tuple(args.size)
     widths = [DEFAULT_CPU_WIDTH] if args.quick else list(args.widths)
     max_rois = 12 if args.quick else args.max_rois

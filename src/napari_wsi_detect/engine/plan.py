@@ -40,10 +40,14 @@ from ..errors import EmptyTissueError, WsiDetectError
 PATCH = 244  # L_p: the ScanNet receptive field / training patch
 MODEL_STRIDE = 32  # S_p: five 2x2 pools
 
-# ROI size in map cells per alpha unit: 83 gives the paper's L_r = 2868 (GPU); 26 gives
-# ~1060 px ROIs at alpha = 2, which keep a 2-core CPU responsive (one ROI every few s).
+# ROI size in map cells per alpha unit: 83 gives the paper's L_r = 2868 (GPU: 2884 px at
+# alpha = 2). CPU: 52 -> 1892 px ROIs at alpha = 2. A ROI of n cells reads a 228 px halo
+# (L_p - S) beyond its n*S px, so the share of network work that lands on the ROI's own
+# cells is (n*S / (L_p + (n-1)*S))^2: 0.62 at the former 26 (1060 px), 0.77 at 52; the
+# whole-slide run on a 2-core CPU is ~1.3x faster (bench wholeslide --breakdown,
+# docs/engine.md) while one ROI still takes well under a second with the bundled model.
 GPU_CELLS_PER_ALPHA = 83
-CPU_CELLS_PER_ALPHA = 26
+CPU_CELLS_PER_ALPHA = 52
 
 # Snap d to a whole ratio when within this relative distance (0.243 vs 0.25 µm/px are
 # both "40x"; resampling by 3 % would only blur the input).
@@ -228,7 +232,7 @@ class ROI:
 
 
 def default_roi_cells(device: str, alpha: int) -> int:
-    """ROI size T in cells: the paper's 2884 px ROIs on a GPU, ~1060 px on a CPU."""
+    """ROI size T in cells: the paper's 2884 px ROIs on a GPU, 1892 px on a CPU (alpha 2)."""
     per = GPU_CELLS_PER_ALPHA if str(device).startswith(("cuda", "mps")) else CPU_CELLS_PER_ALPHA
     return per * alpha
 

@@ -15,10 +15,18 @@ Design (docs/engine.md):
   runs on any exception (e.g. in the model) and when the caller abandons the generator.
 * ``stats.io_wait`` is the time the consumer was blocked waiting for the readers;
   ``stats.io_wait_fraction`` = io_wait / elapsed (0 = the model never waited).
+  ``model_time`` = ``tensor_time`` (batch -> normalised device tensor) + ``net_time``
+  (forward and the copy back); ``store_time`` is the tile writes (bench wholeslide).
+* CUDA: the uint8 batch is stacked into pinned host memory and copied with
+  ``non_blocking=True`` (the copy overlaps the normalisation kernels' launch; pageable
+  memory would be staged through a hidden pinned buffer first). Each forward runs with
+  TF32 off (``models.device.fp32_exact``) unless ``allow_tf32``: TF32 convolutions are
+  cuDNN's default and round inputs to 10 mantissa bits, which breaks the exactness test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import CancelledError, WsiDetectError
+from ..models.device import fp32_exact
 from .heatmap import HeatmapStore
 from .plan import ROI, MapGeometry
 from .reader import read_roi
@@ -57,7 +66,10 @@ class RunStats:
     done: int = 0
     elapsed: float = 0.0
     io_wait: float = 0.0  # consumer blocked on the queue (s)
-    model_time: float = 0.0  # forward passes incl. host<->device copies (s)
+    model_time: float = 0.0  # tensor_time + net_time (s)
+    tensor_time: float = 0.0  # stack, host->device copy, normalisation (s)
+    net_time: float = 0.0  # forward + device->host copy of the probabilities (s)
+    store_time: float = 0.0  # HeatmapStore.write_tile (s)
     read_time: float = 0.0  # summed over reader threads (s)
     cancelled: bool = False
     cancelled_after: int = 0  # ROIs finished after the cancel was seen set (<= 1 batch)
@@ -73,6 +85,9 @@ class RunStats:
             "elapsed_s": round(self.elapsed, 4),
             "io_wait_s": round(self.io_wait, 4),
             "model_s": round(self.model_time, 4),
+            "tensor_s": round(self.tensor_time, 4),
+            "net_s": round(self.net_time, 4),
+            "store_s": round(self.store_time, 4),
             "read_s_summed": round(self.read_time, 4),
             "io_wait_fraction": round(self.io_wait_fraction, 4),
             "cancelled": self.cancelled,
@@ -134,6 +149,13 @@ class HeatmapRunner:
     queue_size: int | None = None
     reader: Callable[[Any, MapGeometry, ROI], np.ndarray] = read_roi
     stats: RunStats = field(default_factory=RunStats)
+    allow_tf32: bool = False  # CUDA only: True lets cuDNN/cuBLAS round fp32 to TF32
+
+    @property
+    def pin_memory(self) -> bool:
+        """Stack batches in page-locked memory: only for a CUDA device (pinning is a
+        cost with no gain on CPU, and an error on builds without CUDA)."""
+        return torch.device(self.device).type == "cuda"
 
     def __iter__(self) -> Iterator[HeatmapTile]:
         return self._run()
@@ -236,19 +258,10 @@ class HeatmapRunner:
             stats.elapsed = time.perf_counter() - start
 
     def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        h = max(im.shape[0] for im in images)
-        w = max(im.shape[1] for im in images)
-        # Mixed edge/full ROIs in one batch: pad with white, which is exactly what
-        # reading past the slide edge gives; the extra cells are cropped off after.
-        if all(im.shape[:2] == (h, w) for im in images):
-            arr = np.stack(images)
-        else:
-            arr = np.full((len(images), h, w, 3), 255, dtype=np.uint8)
-            for i, im in enumerate(images):
-                arr[i, : im.shape[0], : im.shape[1]] = im
         # uint8 crosses to the device (4x less traffic than float32); NHWC memory viewed as
         # NCHW is exactly channels_last, so no transpose copy is made.
-        x = torch.from_numpy(arr).to(self.device, non_blocking=True)
+        host = host_batch(images, pin_memory=self.pin_memory)
+        x = host.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         std = torch.tensor(self.normalisation.std, device=x.device).view(1, 3, 1, 1)
         mean = torch.tensor(self.normalisation.mean, device=x.device).view(1, 3, 1, 1)
@@ -260,10 +273,16 @@ class HeatmapRunner:
                    ) -> Iterator[HeatmapTile]:
         t = time.perf_counter()
         x = self._to_tensor([im for _, im in batch])
-        with torch.inference_mode():
+        t_net = time.perf_counter()
+        dev = torch.device(self.device)
+        exact = fp32_exact(dev) if not self.allow_tf32 else contextlib.nullcontext()
+        with torch.inference_mode(), exact:
             probs = self.model(x)
         probs = probs.float().cpu().numpy()
-        self.stats.model_time += time.perf_counter() - t
+        t_end = time.perf_counter()
+        self.stats.tensor_time += t_net - t
+        self.stats.net_time += t_end - t_net
+        self.stats.model_time += t_end - t
         cancelled_before = self._cancelled()
         for (roi, _), p in zip(batch, probs, strict=True):
             if p.shape[0] < roi.rows or p.shape[1] < roi.cols:
@@ -273,7 +292,9 @@ class HeatmapRunner:
                 )
             tile_probs = np.ascontiguousarray(p[: roi.rows, : roi.cols], dtype=np.float32)
             if self.store is not None:
+                t_store = time.perf_counter()
                 self.store.write_tile(roi.r0, roi.c0, tile_probs)
+                self.stats.store_time += time.perf_counter() - t_store
             self.stats.done += 1
             if cancelled_before:
                 self.stats.cancelled_after += 1
@@ -283,6 +304,21 @@ class HeatmapRunner:
             if self.progress_cb is not None:
                 self.progress_cb(done, total, eta)
             yield HeatmapTile(roi.r0, roi.c0, tile_probs, roi.index, done, total, elapsed, eta)
+
+
+def host_batch(images: list[np.ndarray], pin_memory: bool = False) -> torch.Tensor:
+    """(N, H, W, 3) uint8 CPU tensor of `images` (one copy), in page-locked memory when
+    `pin_memory`. Mixed edge/full ROIs: padded with white, which is exactly what reading
+    past the slide edge gives; the extra cells are cropped off after."""
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    out = torch.empty((len(images), h, w, 3), dtype=torch.uint8, pin_memory=pin_memory)
+    arr = out.numpy()
+    for i, im in enumerate(images):
+        if im.shape[:2] != (h, w):
+            arr[i] = 255
+        arr[i, : im.shape[0], : im.shape[1]] = im[..., :3]
+    return out
 
 
 def run_heatmap(

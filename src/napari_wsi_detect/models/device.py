@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from ..errors import WsiDetectError
@@ -55,3 +58,35 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise WsiDetectError(
         f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}"
     )
+
+
+def _tf32_flags() -> list[tuple[object, str, object]]:
+    """(object, attribute, value meaning "no TF32") of the flags that let CUDA round fp32
+    to TF32. torch >= 2.9 has per-backend `fp32_precision` strings; mixing them with the
+    legacy `allow_tf32` booleans makes torch raise, so only one API is ever touched."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision") and hasattr(
+            matmul, "fp32_precision"):
+        return [(cudnn_conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def fp32_exact(device: str | torch.device) -> Iterator[None]:
+    """Inside: CUDA convolutions and matmuls in true fp32 (TF32 off); the flags are put
+    back on exit. cuDNN's default is TF32 for convolutions (10-bit mantissa: probabilities
+    off by ~1e-3, so the exactness test fails on Ampere and later). Scoped per forward, not
+    per process: the caller's own TF32 choice outside a run is left alone. No-op off CUDA."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    flags = _tf32_flags()
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in flags]
+    try:
+        for obj, name, off in flags:
+            setattr(obj, name, off)
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
