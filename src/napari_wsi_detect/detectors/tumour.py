@@ -168,6 +168,16 @@ class PatchForward:
                  ) -> None:
         self.net, self.patch = net, int(patch)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.core: Any = None  # a backend's copy of the patch network (models/backends.py)
+
+    def core_module(self) -> Any:
+        """The network part ((B, 3, P, P) -> logits), for models/backends.py."""
+        return self.net.patch_net
+
+    def with_core(self, core: Any) -> PatchForward:
+        new = PatchForward(self.net, self.patch, self.mean, self.std)
+        new.core = core
+        return new
 
     def __call__(self, x: Any) -> Any:
         import torch
@@ -186,7 +196,8 @@ class PatchForward:
             hi, lo = rgb.amax(1), rgb.amin(1)
             sat = (hi - lo) / hi.clamp_min(1e-6)
             tissue = (sat > TISSUE_SATURATION).float().mean(dim=(1, 2))
-            prob = torch.softmax(self.net.patch_net(chunk).float(), dim=1)[:, 1]
+            net = self.core if self.core is not None else self.net.patch_net
+            prob = torch.softmax(net(chunk).float(), dim=1)[:, 1]
             # A product, not a `where`: a broken (NaN) model stays visible to the job's
             # finiteness check even on glass.
             out.append(prob * (tissue > TISSUE_PATCH_FRACTION).float())

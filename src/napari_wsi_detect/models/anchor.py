@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,9 @@ class DenseScanNet(nn.Module):
         self.channels_last = channels_last
         self.bf16 = bf16
         self._plan = layer_plan(model, alpha)
+        # The network part a backend replaces (models/backends.py): cropped input ->
+        # logits. None = `_run`, the exact torch path.
+        self.core: Any = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H', W') at stride 32/α."""
@@ -124,12 +128,26 @@ class DenseScanNet(nn.Module):
         x = _crop_to_cells(x, self.alpha)
         if self.channels_last:
             x = prefer_channels_last(x)
+        if self.core is not None:
+            return self.core(x)
         if self.bf16:
             # bfloat16 matmuls: ~1.5–2× faster on CPUs with AVX512-BF16/AMX, probabilities
             # off by up to ~1e-2 — not exact, so never the default.
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return self._run(x).float()
         return self._run(x)
+
+    def core_module(self) -> nn.Module:
+        """The network part as a module (cropped input -> logits), for a backend to
+        export or compile; its parameters are the base model's."""
+        return _AnchorCore(self)
+
+    def with_core(self, core: Any) -> DenseScanNet:
+        """The same dense network with its network part replaced by `core` (a compiled
+        or exported copy of `core_module()`); cropping and softmax stay here."""
+        new = DenseScanNet(self.base, self.alpha, channels_last=self.channels_last)
+        new.core = core
+        return new
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         layers = iter(self._plan)
@@ -149,6 +167,18 @@ class DenseScanNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tumour probability (N, H', W'), H' = (H − 244)·α/32 + 1."""
         return tumour_probability(self.logits(x))
+
+
+class _AnchorCore(nn.Module):
+    """DenseScanNet's convs and pools with the planned geometry, as one module."""
+
+    def __init__(self, dense: DenseScanNet) -> None:
+        super().__init__()
+        self.base = dense.base
+        self._dense = [dense]  # a list: not a submodule (it holds `base` already)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._dense[0]._run(x)
 
 
 def densify(model: ScanNetFCN, alpha: int, *, channels_last: bool = True,

@@ -153,6 +153,14 @@ class TiledForward(nn.Module):
         k = self.halo // OUTPUT_STRIDE
         return torch.softmax(logits[:, :, k:k + n, k:k + m].float(), dim=1)[:, 1]
 
+    def core_module(self) -> nn.Module:
+        """The network part (grid-padded input -> logits), for models/backends.py."""
+        return self.net
+
+    def with_core(self, core: nn.Module) -> TiledForward:
+        """The same forward with the network replaced by `core` (a backend's copy)."""
+        return TiledForward(core, self.halo)  # type: ignore[arg-type]
+
 
 def build_segmitos(config: dict) -> SegMitosFCN:
     """models.io builder: the untrained network a config describes."""
