@@ -18,6 +18,7 @@ from .errors import WsiDetectError
 COMMAND_MODULES = [
     "info",
     "phantom",
+    "rescan",
     "detect",
     "evaluate",
     "train",

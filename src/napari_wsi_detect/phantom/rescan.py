@@ -102,17 +102,19 @@ def od_transform(matrix: np.ndarray, h_gain: float = 1.0, e_gain: float = 1.0,
 
 
 def slide_stain_matrix(slide) -> np.ndarray:
-    """Macenko H&E basis of the slide from its level nearest ~2k px across (Ruifrok's
+    """Macenko H&E basis of the slide from its first level ≤ 1024 px across (Ruifrok's
     when too little tissue shows)."""
     from ..training.augment import RUIFROK_HED, macenko_stain_matrix
 
     level = len(slide.levels) - 1
     for i, lv in enumerate(slide.levels):
-        if max(lv.shape) <= 2048:
+        if max(lv.shape) <= 1024:
             level = i
             break
     h, w = slide.levels[level].shape
-    m = macenko_stain_matrix(slide.read_region(level, 0, 0, w, h))
+    rgb = slide.read_region(level, 0, 0, w, h).reshape(-1, 3)
+    # every k-th pixel, ≤ 2^18 of them: Macenko's float64 OD copies stay a few MB
+    m = macenko_stain_matrix(rgb[:: max(1, rgb.shape[0] >> 18)])
     return RUIFROK_HED if m is None else m
 
 
@@ -147,9 +149,14 @@ class _Renderer:
         sx0, sy0 = math.floor(x * k) - m, math.floor(y * k) - m
         sx1, sy1 = math.ceil((x + w) * k) + m, math.ceil((y + h) * k) + m
         img = self.slide.read_region(0, sx0, sy0, sx1 - sx0, sy1 - sy0).astype(np.float32)
-        if not self.identity_stain:
-            od = -np.log((img + 1.0) / 256.0)
-            img = 256.0 * np.exp(-(od @ self.t)) - 1.0
+        if not self.identity_stain:  # in place where possible: a few window copies at most
+            img += 1.0
+            img *= 1.0 / 256.0
+            np.log(img, out=img)
+            img = img @ self.t  # = -od · T = -od_out (linear), with od = -log(...)
+            np.exp(img, out=img)
+            img *= 256.0
+            img -= 1.0
         if self.sigma > 0:
             img = gaussian_filter(img, sigma=(self.sigma, self.sigma, 0), mode="nearest")
         if k != 1.0:
