@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: seeds overlap training/validation/test/demo seeds", file=sys.stderr)
     work = Path(args.work)
     size = (int(args.size[0]), int(args.size[1]))
-    rows = []
+    out = Path(args.out) if args.out else work / "shift.json"
+    order = [c.name for c in conditions]
+    rows: list[dict[str, Any]] = []
     for cond in conditions:
         print(f"condition {cond.name}: {cond.description}", flush=True)
         slides = build_condition(work, cond, seeds, normal, size,
@@ -197,19 +199,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_f(r['regions_per_lesion_mean'], '{:.1f}')}, area ratio "
                   f"{_f(r['area_ratio'], '{:.2f}')}, {r['seconds']:.0f} s", flush=True)
             rows.append(r)
-    rows.sort(key=lambda r: (r["variant"], [c.name for c in conditions].index(
-        r["condition"]["name"])))
-    table = markdown_table(rows)
+        # after every condition: a long run that stops still leaves its table so far
+        rows.sort(key=lambda r: (r["variant"], order.index(r["condition"]["name"])))
+        table = markdown_table(rows)
+        write_json_atomic(out, {
+            "command": " ".join([Path(sys.argv[0]).name,
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "test_set": {"seeds": seeds, "normal_seeds": sorted(normal & set(seeds)),
+                         "size": list(size)},
+            "rows": rows, "table": table, "seconds": round(time.perf_counter() - t0, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if args.markdown:
+            write_text_atomic(Path(args.markdown), table + "\n")
     print(table)
-    out = Path(args.out) if args.out else work / "shift.json"
-    write_json_atomic(out, {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "test_set": {"seeds": seeds, "normal_seeds": sorted(normal & set(seeds)),
-                     "size": list(size)},
-        "rows": rows, "table": table, "seconds": round(time.perf_counter() - t0, 1),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    if args.markdown:
-        write_text_atomic(Path(args.markdown), table + "\n")
     print(f"wrote {out}", flush=True)
     return 0
 
