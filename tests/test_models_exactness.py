@@ -1,9 +1,14 @@
 """The contract of Fast ScanNet: the anchor-layer network equals a patch classifier run on
 every 244×244 patch at stride 32/α, and equals ScanNet's shift-and-stitch, to float
-precision (METHODS §1). Random weights, non-square inputs, batch of 2."""
+precision (METHODS §1). Random weights, non-square inputs, batch of 2.
+
+WSI_DETECT_TEST_DEVICE=cuda runs every test here on the GPU (scripts/gpu_check.sh), in
+true fp32: TF32 off, as the runner does for every exact forward (models.device.fp32_exact).
+"""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -19,16 +24,25 @@ from napari_wsi_detect.models.anchor import (
     patchwise,
     shift_and_stitch,
 )
+from napari_wsi_detect.models.device import fp32_exact, resolve_device
 from napari_wsi_detect.models.scannet import PATCH, STRIDE, ScanNetFCN
+
+DEVICE = resolve_device(os.environ.get("WSI_DETECT_TEST_DEVICE", "cpu"))
 
 TOL = 1e-5  # max abs difference of tumour probabilities, float32
 # Non-square and not a whole number of stride-32 steps in height (the +16).
 H, W = 244 + 32 * 3 + 16, 244 + 32 * 5
 
 
+@pytest.fixture(autouse=True)
+def _exact_math():
+    with fp32_exact(DEVICE):
+        yield
+
+
 def _model(width: float, seed: int = 0) -> ScanNetFCN:
     torch.manual_seed(seed)
-    model = ScanNetFCN(width=width).eval()
+    model = ScanNetFCN(width=width).eval().to(DEVICE)
     # Random weights give logits of both classes that move together, so probabilities
     # hug 0.5 and a wrong answer would differ by little. Spread the class logits so the
     # probabilities cover (0, 1) and the comparison can fail.
@@ -42,7 +56,7 @@ def _image(n: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(n, 3, h // 16 + 2, w // 16 + 2, generator=g)
     smooth = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    return smooth + 0.2 * torch.randn(n, 3, h, w, generator=g)
+    return (smooth + 0.2 * torch.randn(n, 3, h, w, generator=g)).to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +100,7 @@ def test_dense_equals_patchwise_sampled_patches(small_model, image, alpha):
     cells = sorted(cells)
     s = STRIDE // alpha
     ref = classify_patches(small_model, image, [(r * s, c * s) for r, c in cells])
+    ref = ref.to(DEVICE)  # classify_patches collects on the CPU
     got = torch.stack([dense[:, r, c] for r, c in cells], dim=1)
     assert (got - ref).abs().max().item() < TOL
 
@@ -169,7 +184,7 @@ def test_impulse_reaches_exactly_its_patches(small_model):
     y[..., py, px] += 50.0
     with torch.no_grad():
         dense = densify(small_model, alpha)
-        changed = ((dense(y) - dense(x)).abs() > 0)[0]
+        changed = ((dense(y) - dense(x)).abs() > 0)[0].cpu()
     rows = torch.arange(changed.shape[0]) * s
     cols = torch.arange(changed.shape[1]) * s
     covers = ((rows <= py) & (py < rows + PATCH))[:, None] & (

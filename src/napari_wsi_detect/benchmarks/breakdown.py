@@ -66,8 +66,10 @@ def decode_alone(path: Path, prep: Any) -> tuple[float, float]:
 
 
 def one_run(path: Path, work: Path, *, roi_cells: int | None, backend: str,
-            device: str, readers: int) -> dict[str, Any]:
+            device: str, readers: int, model: str = "demo") -> dict[str, Any]:
     """One default detection into `work`, its phases timed (see the module docstring)."""
+    import torch
+
     from ..detectors.job import DetectionRequest, JobOutcome, RunStarted, detection_events
     from ..engine.run import HeatmapTile
     from ..slide import open_slide
@@ -75,13 +77,15 @@ def one_run(path: Path, work: Path, *, roi_cells: int | None, backend: str,
 
     out = work / f"run-T{roi_cells or 'default'}-{backend}"
     shutil.rmtree(out, ignore_errors=True)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     load = _load()
     with _Clock() as c_open:
         slide = open_slide(path)
     try:
         with _Clock() as c_tissue:
             tissue = compute_tissue_mask(slide)
-        fields = {"task": "metastases", "slide": str(path), "model": "demo",
+        fields = {"task": "metastases", "slide": str(path), "model": model,
                   "device": device, "out": str(out), "roi_cells": roi_cells,
                   "n_readers": readers}
         if backend != "fp32" or "backend" in DetectionRequest.__dataclass_fields__:
@@ -124,6 +128,9 @@ def one_run(path: Path, work: Path, *, roi_cells: int | None, backend: str,
         "outputs": t.get("outputs_s"), "ngff": t.get("ngff_s"),
         "tissue_mpx": t["tissue_megapixels"], "tissue_mpx_per_s": t.get("tissue_mpx_per_s"),
         "regions": len(outcome.result.regions), "slide_score": outcome.result.slide_score,
+        "model": model, "device": device,
+        "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20
+                        if torch.device(device).type == "cuda" else None),
         "slide_mpx": started.geometry.height0 * started.geometry.width0 / 1e6,
         "tissue_fraction": float(tissue.tissue_fraction),
     }
@@ -176,6 +183,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     extra = (("ROIs", "rois"), ("tissue Mpx", "tissue_mpx"),
              ("tissue Mpx/s (tiles phase)", "tissue_mpx_per_s"),
              ("I/O-wait share", "io_wait_fraction"), ("regions", "regions"),
+             ("peak GPU memory MB", "peak_gpu_mb"),
              ("load avg before run", "load_before"))
     for label, key in extra:
         print(f"{label:<34}" + "".join(f"{_fmt(r.get(key)):>{width + 2}}" for r in rows))
@@ -205,10 +213,10 @@ def run_breakdown(args: argparse.Namespace, path: Path) -> int:
     rows = []
     for cells, backend in configs:
         row = one_run(path, work, roi_cells=cells, backend=backend, device=str(dev),
-                      readers=args.readers)
+                      readers=args.readers, model=args.model)
         detector = get_detector("metastases")
         with open_slide(path) as slide:
-            net, config = load_checked_model(detector, "demo", dev)
+            net, config = load_checked_model(detector, args.model, dev)
             prep = prepare_run(detector, slide, net, config,
                                options=detector.resolve_options({}), device=dev,
                                roi_cells=row["roi_cells"],

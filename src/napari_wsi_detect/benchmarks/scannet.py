@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small ROI (724), 1 repeat, 8 patches, no TorchScript: "
                              "a < 1 min smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda: on CUDA every time waits for the GPU "
+                             "(synchronize) and runs in true fp32 (TF32 off); no CPU options")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -82,12 +85,26 @@ def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, f
     return {name: min(ts) for name, ts in times.items()}
 
 
-def matmul_gflops(repeats: int = 3, n: int = 2048) -> float:
+def _synced(fn: Callable[[], Any], device: Any) -> Callable[[], Any]:
+    """`fn` that returns only when the device is done (CUDA runs asynchronously)."""
+    import torch
+
+    if getattr(device, "type", "cpu") != "cuda":
+        return fn
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return run
+
+
+def matmul_gflops(repeats: int = 3, n: int = 2048, device: Any = "cpu") -> float:
     """float32 GFLOP/s of torch.mm on n×n matrices: this machine's attainable peak-ish."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    t = _best_time(lambda: torch.mm(a, b), max(5, repeats))
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = _best_time(_synced(lambda: torch.mm(a, b), torch.device(device)), max(5, repeats))
     return 2 * n**3 / t / 1e9
 
 
@@ -102,8 +119,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         output_size,
         shift_and_stitch,
     )
+    from ..models.device import fp32_exact, resolve_device
     from ..models.scannet import PATCH, ScanNetFCN
 
+    dev = resolve_device(getattr(args, "device", "cpu"))
     if args.quick:
         args.roi, args.repeats, args.patches = min(args.roi, 724), 1, min(args.patches, 8)
     if args.threads:
@@ -119,14 +138,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     roi1 = input_size(cells // 2, 1)
 
     torch.manual_seed(args.seed)
-    model = ScanNetFCN(width=args.width).eval()
-    x = torch.rand(1, 3, roi, roi)
+    model = ScanNetFCN(width=args.width).eval().to(dev)
+    x = torch.rand(1, 3, roi, roi).to(dev)
     x1 = x[..., :roi1, :roi1].contiguous()
     dense2, dense1 = densify(model, alpha), densify(model, 1)
     r: dict[str, Any] = {
         "width": args.width, "roi": roi, "roi_alpha1": roi1, "cells": cells,
         "threads": torch.get_num_threads(), "repeats": args.repeats, "clock": args.clock,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
     }
     flops2 = dense_flops(model, roi, roi, alpha)
     flops1 = dense_flops(model, roi1, roi1, 1)
@@ -137,14 +157,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     idx = torch.randperm(cells * cells, generator=g)[:n_pos].tolist()
     s = 32 // alpha
     positions = [((i // cells) * s, (i % cells) * s) for i in idx]
-    with torch.inference_mode():
-        r["matmul_gflops"] = matmul_gflops(args.repeats)
-        t = _interleaved({
+    with torch.inference_mode(), fp32_exact(dev):
+        r["matmul_gflops"] = matmul_gflops(args.repeats, device=dev)
+        t = _interleaved({name: _synced(fn, dev) for name, fn in {
             "dense2": lambda: dense2(x),
             "dense1": lambda: dense1(x1),
             "sas": lambda: shift_and_stitch(model, x, alpha),
             "patch": lambda: classify_patches(model, x, positions, batch_size=16),
-        }, args.repeats)
+        }.items()}, args.repeats)
     t2, t1, tsas, tp = t["dense2"], t["dense1"], t["sas"], t["patch"]
     per_patch = tp / n_pos
     r.update({
@@ -169,7 +189,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     r["gflops_dense_a2"] = flops2 / t2 / 1e9
     r["gflops_patchwise"] = r["patch_gflop"] / per_patch
     r["efficiency_vs_matmul"] = r["gflops_dense_a2"] / r["matmul_gflops"]
-    if not args.no_cpu_options:
+    if not args.no_cpu_options and dev.type == "cpu":
         r["cpu_options"] = cpu_options(model, x, alpha, args.repeats, with_jit=not args.quick)
     return r
 

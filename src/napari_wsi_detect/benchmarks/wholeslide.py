@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "default), side by side")
     parser.add_argument("--backends", nargs="+", default=["fp32"],
                         help="--breakdown: one run per inference backend (default fp32)")
+    parser.add_argument("--model", default="demo",
+                        help="--breakdown: model name or file (default: the bundled demo)")
     parser.add_argument("--work", type=Path, default=Path("wsi-detect-breakdown"),
                         help="--breakdown: folder for the run folders")
 
