@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--primary", type=_primary_count, default=0, metavar="N",
                    help="add N (1-8) large primary-tumour regions: lobulated, ragged invasive "
                         "borders, stroma holes (tumour segmentation truth; default 0)")
+    p.add_argument("--imposter-density", type=float, default=60.0, metavar="PER_MM2",
+                   help="look-alike figures per mm² of tissue (hard negatives; default 60)")
+    p.add_argument("--lesion-contrast", type=float, default=1.0, metavar="K",
+                   help="< 1: tumour stain and nuclei part way towards the host tissue's "
+                        "(fainter lesions; default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         truth = write_phantom(
             args.out, seed=args.seed, size=size, mpp=args.mpp, tumour=not args.normal,
             lesions=lesions, primary=args.primary, progress=progress,
+            imposter_density=args.imposter_density, lesion_contrast=args.lesion_contrast,
         )
     finally:
         if bar is not None:

@@ -134,6 +134,9 @@ class PhantomLayout:
     lesions: list[Lesion] = field(default_factory=list)
     mitoses: list[Figure] = field(default_factory=list)
     imposters: list[Figure] = field(default_factory=list)
+    # < 1: tumour stain and nuclei drawn part way towards the host tissue (fainter
+    # lesions, a harder test); 1 draws exactly what the generator always drew
+    lesion_contrast: float = 1.0
 
     def px(self, um: float) -> float:
         return um / self.mpp

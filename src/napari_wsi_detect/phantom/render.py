@@ -136,6 +136,9 @@ class PhantomRenderer:
                 fib = self.fibres[0].sample(x0, y0, w, h)
                 tcyto_e = tcyto_e * (1 - strands) + strands * (0.6 + 0.2 * fib)
                 tcyto_h = tcyto_h * (1 - strands) + strands * 0.05
+            if lay.lesion_contrast != 1.0:  # fainter lesions: towards the host's stain
+                tcyto_e = ce + lay.lesion_contrast * (tcyto_e - ce)
+                tcyto_h = ch + lay.lesion_contrast * (tcyto_h - ch)
             ce = np.where(tum, tcyto_e, ce)
             ch = np.where(tum, tcyto_h, ch)
         # stroma islands inside primary tumours (the annotation's holes): collagen
@@ -308,9 +311,12 @@ class PhantomRenderer:
                 if keep.any():
                     a = 4.8 + 3.4 * u[0] ** 1.3
                     hyper = u[1] < 0.12
+                    dark = np.where(hyper, 1.7, 1.1 + 0.35 * u[4])
+                    if lay.lesion_contrast != 1.0:
+                        dark = dark * lay.lesion_contrast
                     self._stamp(
                         ch, ce, x0, y0, w, h, cx[keep], cy[keep], a * um, a * (0.66 + 0.28 * u[2]) * um,
-                        u[3] * np.pi, np.where(hyper, 1.7, 1.1 + 0.35 * u[4]),
+                        u[3] * np.pi, dark,
                         e2=0.04 + 0.08 * u[5], e3=0.03 + 0.07 * u[6], phase=u[7] * 6.3,
                         base=np.where(hyper, 0.8, 0.58), rim=0.42, grain=0.65,
                         nucleoli=1 + (u[8] < 0.4), nuc_r=(0.65 + 0.45 * u[9]) * um, nuc_h=1.25,

@@ -1,7 +1,7 @@
 """Named scanner/stain shift conditions and the phantom test sets built from them.
 
 A condition is a generator setting (the phantom's own knobs: lesion counts per size
-class, imposter density) plus an optional post-hoc `Rescan` of the written slides
+class, imposter density, lesion contrast) plus an optional post-hoc `Rescan` of the written slides
 (phantom/rescan.py). `build_condition(work, condition, seeds, normal_seeds, size)`
 writes the base phantoms once per generator setting and each condition's rescans once,
 in folders named after the condition and a hash of its parameters (a changed definition
@@ -38,9 +38,13 @@ class Condition:
     rescan: Rescan | None = None  # None: the phantoms as written
     lesions: tuple[int, int, int] = DEFAULT_LESIONS
     imposter_density: float = 60.0  # the generator's default
+    lesion_contrast: float = 1.0  # < 1: fainter lesions (write_phantom)
 
     def generator(self) -> dict:
-        return {"lesions": list(self.lesions), "imposter_density": self.imposter_density}
+        gen = {"lesions": list(self.lesions), "imposter_density": self.imposter_density}
+        if self.lesion_contrast != 1.0:  # only then: the folders of the others keep their hash
+            gen["lesion_contrast"] = self.lesion_contrast
+        return gen
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description,
@@ -69,15 +73,17 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
               imposter_density=180.0),
     Condition("small-lesions", "no macro-metastasis: 3 micro, 4 ITC per tumour slide",
               lesions=(0, 3, 4)),
+    Condition("faint-lesions", "tumour stain and nuclei 60 % of the way from the host's "
+              "(lesion_contrast 0.6)", lesion_contrast=0.6),
 ]}
 
-_GENERATOR_KEYS = ("lesions", "imposter_density")
+_GENERATOR_KEYS = ("lesions", "imposter_density", "lesion_contrast")
 _RESCAN_KEYS = tuple(f.name for f in fields(Rescan))
 
 
 def parse_condition(text: str) -> Condition:
     """A shipped name, or `NAME:key=value,...` (keys: the Rescan fields, `lesions`
-    as MACRO/MICRO/ITC, `imposter_density`; `base=NAME` starts from a shipped one)."""
+    as MACRO/MICRO/ITC, `imposter_density`, `lesion_contrast`; `base=NAME` starts from a shipped one)."""
     if ":" not in text:
         if text not in CONDITIONS:
             raise WsiDetectError(f"unknown shift condition {text!r}; known: "
@@ -87,12 +93,13 @@ def parse_condition(text: str) -> Condition:
     items = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
     base = CONDITIONS[items.pop("base")] if "base" in items else Condition(name)
     rescan = asdict(base.rescan) if base.rescan else {}
-    gen = {"lesions": base.lesions, "imposter_density": base.imposter_density}
+    gen = {"lesions": base.lesions, "imposter_density": base.imposter_density,
+           "lesion_contrast": base.lesion_contrast}
     for key, value in items.items():
         if key == "lesions":
             gen["lesions"] = tuple(int(v) for v in value.split("/"))
-        elif key == "imposter_density":
-            gen["imposter_density"] = float(value)
+        elif key in ("imposter_density", "lesion_contrast"):
+            gen[key] = float(value)
         elif key in _RESCAN_KEYS:
             rescan[key] = int(value) if key == "jpeg_quality" else float(value)
         else:
@@ -124,7 +131,8 @@ def build_condition(work: Path, condition: Condition, seeds: list[int], normal: 
             lesions = dict(zip(("macro", "micro", "itc"), condition.lesions, strict=True))
             truth = write_phantom(base, seed=seed, size=size, tumour=tumour,
                                   lesions=lesions if tumour else None,
-                                  imposter_density=condition.imposter_density)
+                                  imposter_density=condition.imposter_density,
+                                  lesion_contrast=condition.lesion_contrast)
             log(f"  wrote {base_dir.name}/{name} in {time.perf_counter() - t:.0f} s: "
                 f"{truth.counts()}")
         if condition.rescan is None:

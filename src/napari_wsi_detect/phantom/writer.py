@@ -118,13 +118,18 @@ def phantom_layout(
     mitosis_density: float = 150.0,
     imposter_density: float = 60.0,
     primary: int = 0,
+    lesion_contrast: float = 1.0,
 ) -> tuple[PhantomLayout, list[str]]:
     """The slide's plan (tissue, lesions, figures) without rendering any pixel."""
     _check_args(size, mpp, lesions, mitosis_density, imposter_density)
     primary = _check_primary(primary, tumour)
+    if not 0.0 < float(lesion_contrast) <= 1.5:
+        raise WsiDetectError(f"lesion_contrast must be in (0, 1.5], got {lesion_contrast!r}")
     w, h = int(size[0]), int(size[1])
-    return make_layout(w, h, float(mpp), int(seed), lesions, tumour, mitosis_density, imposter_density,
-                       primary=primary)
+    layout, notes = make_layout(w, h, float(mpp), int(seed), lesions, tumour, mitosis_density,
+                                imposter_density, primary=primary)
+    layout.lesion_contrast = float(lesion_contrast)  # drawing only: the plan is unchanged
+    return layout, notes
 
 
 def render_phantom_region(
@@ -147,6 +152,7 @@ def write_phantom(
     mitosis_density: float = 150.0,
     imposter_density: float = 60.0,
     primary: int = 0,
+    lesion_contrast: float = 1.0,
     tile: int = 512,
     quality: int = 90,
     progress: Callable[[int, int], None] | None = None,
@@ -157,7 +163,9 @@ def write_phantom(
     `lesions` overrides the per-class counts, e.g. {"macro": 1, "micro": 3, "itc": 0};
     by default they grow with the tissue area. `primary=N` adds N large primary-tumour
     regions (lobulated, ragged, with stroma holes; size class "primary", see
-    `phantom.primary`) and makes the metastasis counts default to none. Densities are per mm² of tumour (mitoses)
+    `phantom.primary`) and makes the metastasis counts default to none. `lesion_contrast`
+    < 1 draws the tumour's stain and nuclei part way towards the host tissue's (fainter
+    lesions; 1 = the usual look). Densities are per mm² of tumour (mitoses)
     or of tissue (imposters). Lesions that do not fit are skipped and listed in
     `PhantomTruth.notes`.
     """
@@ -169,6 +177,7 @@ def write_phantom(
     layout, notes = phantom_layout(
         seed, size, mpp, tumour=tumour, lesions=lesions,
         mitosis_density=mitosis_density, imposter_density=imposter_density, primary=primary,
+        lesion_contrast=lesion_contrast,
     )
     renderer = PhantomRenderer(layout)
     geojson_path, mask_path = truth_paths(path)
@@ -178,6 +187,8 @@ def write_phantom(
     )
     if primary:
         description += f"|primary={int(primary)}"
+    if lesion_contrast != 1.0:
+        description += f"|lesion_contrast={float(lesion_contrast):g}"
     # renamed in this order, the slide last: when it exists, its truth is complete
     with atomic_paths(mask_path, geojson_path, path) as (tmp_mask, tmp_geojson, tmp_slide):
         write_pyramid_tiff(
