@@ -14,13 +14,14 @@ from typing import Any
 
 from .detectors.job import DetectionRequest, ProgressFn, detect
 from .detectors.result import SUMMARY_KEYS, DetectionResult
+from .models.backend_names import DEFAULT_BACKEND
 
 # The metastasis result is the one result type every detector returns.
 MetastasisResult = DetectionResult
 
 
 def _run(task: str, slide: Any, model: Any, *, options: dict[str, Any],
-         params: dict[str, Any], device: str, region: Any, out: Any,
+         params: dict[str, Any], device: str, backend: str, region: Any, out: Any,
          batch_size: int | None, roi_cells: int | None, progress: ProgressFn | None,
          cancel: threading.Event | None, n_readers: int, overwrite: bool,
          on_tile: Callable[[Any], None] | None, tissue_mask: Any, use_tissue: bool,
@@ -33,7 +34,7 @@ def _run(task: str, slide: Any, model: Any, *, options: dict[str, Any],
         task=task,
         slide=os.fspath(slide) if opened is None else str(getattr(slide, "path", "")),
         model="in-memory" if in_memory else os.fspath(model),
-        device=device, options=options, params=params,
+        device=device, backend=backend, options=options, params=params,
         region=tuple(region) if region is not None else None,
         out=os.fspath(out) if out is not None else None,
         roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
@@ -48,6 +49,7 @@ def detect_metastases(
     model: Any = "demo",
     alpha: int = 2,
     device: str = "auto",
+    backend: str = DEFAULT_BACKEND,
     region: tuple[int, int, int, int] | None = None,
     out: str | os.PathLike | None = None,
     batch_size: int | None = None,
@@ -75,12 +77,15 @@ def detect_metastases(
     `tissue_mask`: a precomputed `TissueMask` (default: `compute_tissue_mask(slide)`).
     `stain_normalisation`: "none", "macenko" or "reinhard" (default: the model's, else
     none): the slide's stain mapped onto the model's reference before the network;
-    `hysteresis`: regions grow down to threshold − hysteresis (0 = plain threshold)."""
+    `hysteresis`: regions grow down to threshold − hysteresis (0 = plain threshold).
+    `backend`: how the network runs (models/backends.py): "fp32" exact, "auto" the
+    fastest installed backend within 1e-2 of fp32, or a name ("bf16", "openvino", ...)."""
     return _run("metastases", slide, model,
                 options={"alpha": alpha, "stain_normalisation": stain_normalisation},
                 params={"threshold": threshold, "opening_um": opening_um,
                         "min_area_um2": min_area_um2, "hysteresis": hysteresis},
-                device=device, region=region, out=out, batch_size=batch_size,
+                device=device, backend=backend, region=region, out=out,
+                batch_size=batch_size,
                 roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
                 overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
                 use_tissue=use_tissue)
@@ -91,6 +96,7 @@ def detect_mitoses(
     model: Any = "mitoses",
     mpp: float | None = None,
     device: str = "auto",
+    backend: str = DEFAULT_BACKEND,
     region: tuple[int, int, int, int] | None = None,
     out: str | os.PathLike | None = None,
     batch_size: int | None = None,
@@ -121,7 +127,8 @@ def detect_mitoses(
                 params={"min_score": min_score, "min_area_um2": min_area_um2,
                         "smoothing_um": smoothing_um},
                 mpp=None if opened else mpp,
-                device=device, region=region, out=out, batch_size=batch_size,
+                device=device, backend=backend, region=region, out=out,
+                batch_size=batch_size,
                 roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
                 overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
                 use_tissue=use_tissue)
@@ -131,6 +138,7 @@ def segment_tumour(
     slide: Any,
     model: Any = "tumour",
     device: str = "auto",
+    backend: str = DEFAULT_BACKEND,
     region: tuple[int, int, int, int] | None = None,
     out: str | os.PathLike | None = None,
     batch_size: int | None = None,
@@ -158,7 +166,8 @@ def segment_tumour(
     return _run("tumour", slide, model, options={},
                 params={"threshold": threshold, "min_area_um2": min_area_um2,
                         "refine": refine},
-                device=device, region=region, out=out, batch_size=batch_size,
+                device=device, backend=backend, region=region, out=out,
+                batch_size=batch_size,
                 roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,
                 overwrite=overwrite, on_tile=on_tile, tissue_mask=tissue_mask,
                 use_tissue=use_tissue)

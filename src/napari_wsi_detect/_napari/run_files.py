@@ -28,16 +28,19 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_key(detector: Any, model: str, options: dict[str, Any]) -> tuple[str, str]:
-    """(model name, fingerprint text) the job will give the store: read from the model's
-    JSON only (no weights), so the widget knows before a run whether a store fits."""
-    from napari_wsi_detect.detectors.job import model_identity
+def run_key(detector: Any, model: str, options: dict[str, Any], backend: str = "fp32"
+            ) -> tuple[str, str]:
+    """(model name, fingerprint text) the job will give the store (`backend`: the
+    resolved one): read from the model's JSON only (no weights), so the widget knows
+    before a run whether a store fits."""
+    from napari_wsi_detect.detectors.job import model_identity, run_fingerprint
     from napari_wsi_detect.engine.run import Normalisation
     from napari_wsi_detect.models.io import load_config
 
     config = load_config(detector.resolve_model(model))
     detector.check_model(config)
-    fp = detector.fingerprint(config, options, Normalisation.from_config(config).to_dict())
+    fp = run_fingerprint(detector, config, options,
+                         Normalisation.from_config(config).to_dict(), backend)
     return model_identity(config, model), json.dumps(json.loads(json.dumps(fp)), sort_keys=True)
 
 

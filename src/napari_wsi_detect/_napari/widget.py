@@ -43,6 +43,7 @@ from napari_wsi_detect._napari.widget_controls import control_for
 from napari_wsi_detect._napari.widget_files import RunFilesMixin, notify_errors
 from napari_wsi_detect._napari.widget_run import RunEventsMixin
 from napari_wsi_detect.errors import WsiDetectError
+from napari_wsi_detect.models.backend_names import BACKEND_CHOICES, DEFAULT_BACKEND
 
 _log = logging.getLogger(__name__)
 DEBOUNCE_MS = 100
@@ -151,6 +152,14 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         for label, dev in device_choices():
             self.device_combo.addItem(label, dev)
         form.addRow("Device", self.device_combo)
+        self.backend_combo = QComboBox()
+        self.backend_combo.setToolTip(
+            "How the network runs: fp32 is exact; auto picks the fastest installed backend "
+            "within 1e-2 of fp32 on this CPU (docs/models.md, Backends)")
+        for name in BACKEND_CHOICES:
+            self.backend_combo.addItem(name, name)
+        self.backend_combo.setCurrentIndex(self.backend_combo.findData(DEFAULT_BACKEND))
+        form.addRow("Backend", self.backend_combo)
         self.options_form = QFormLayout()
         form.addRow(self.options_form)
 
@@ -355,6 +364,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
 
         from napari_wsi_detect._napari import run_files
         from napari_wsi_detect.detectors.job import DetectionRequest, detection_events
+        from napari_wsi_detect.models.backends import resolve_backend
 
         if self.running:
             return
@@ -363,7 +373,9 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         region = region_level0(self.viewer, layer, self.region_combo.currentText())
         model = str(self.model_combo.currentData())
         options = self.options()
-        key = run_files.run_key(det, model, options)
+        backend = str(self.backend_combo.currentData())
+        device = str(self.device_combo.currentData())
+        key = run_files.run_key(det, model, options, resolve_backend(backend, device, det.task))
         state = self._state(layer)
         notes = []
         if state.result is not None and (state.key != key or state.task != det.task):
@@ -375,7 +387,7 @@ class DetectWidget(RunEventsMixin, RunFilesMixin, QWidget):
         state.key, state.task, state.notes = key, det.task, notes
         request = DetectionRequest(
             task=det.task, slide=str(layer.metadata["path"]), model=model,
-            device=str(self.device_combo.currentData()), options=options,
+            device=device, backend=backend, options=options,
             # No slider values: a fresh map starts from the model's defaults; the sliders
             # are applied to the result when it arrives (update_regions).
             params={}, region=region, out=str(state.out_dir),

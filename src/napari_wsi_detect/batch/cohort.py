@@ -85,11 +85,14 @@ def _canonical(obj: Any) -> Any:
 
 def expected_fingerprint(detector: Any, config: Mapping[str, Any], request: Any) -> Any:
     """The fingerprint `detectors/job.py` would store for `request` (same steps)."""
+    from ..detectors.job import run_fingerprint
     from ..engine.run import Normalisation
+    from ..models.backends import resolve_backend
 
     options = detector.resolve_options(request.options)
     norm = Normalisation.from_config(dict(config)).to_dict()
-    return _canonical(detector.fingerprint(config, options, norm))
+    backend = resolve_backend(request.backend, request.device, detector.task)
+    return _canonical(run_fingerprint(detector, config, options, norm, backend))
 
 
 def finished(request: Any, detector: Any, config: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..models.backend_names import DEFAULT_BACKEND
 from .cohort import CohortError, find_slides, finished, slide_names
 from .report import BatchReport
 from .task import SlideJob, row_from_summary, run_slide
@@ -58,7 +59,8 @@ def run_batch(
     slides: Iterable[str | os.PathLike], task: str, out: str | os.PathLike, *,
     scheduler: str | None = None, workers: int | None = None,
     truth: Iterable[str | os.PathLike] | None = None, model: str = "demo",
-    device: str = "auto", options: Mapping[str, Any] | None = None,
+    device: str = "auto", backend: str = DEFAULT_BACKEND,
+    options: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None, roi_cells: int | None = None,
     batch_size: int | None = None, n_readers: int = 2, use_tissue: bool = True,
     overwrite: bool = False, memory_limit: int | None = None,
@@ -104,6 +106,7 @@ def run_batch(
         requests = {
             n: DetectionRequest(
                 task=detector.task, slide=str(p), model=model_arg, device=device,
+                backend=backend,
                 options=options, params=dict(params), out=str(out / n),
                 roi_cells=roi_cells, batch_size=batch_size, n_readers=n_readers,
                 use_tissue=use_tissue, overwrite=overwrite)

@@ -22,6 +22,14 @@ def region_arg(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--backend, the same on every command that runs a network."""
+    from ..models.backend_names import BACKEND_CHOICES, BACKEND_HELP, DEFAULT_BACKEND
+
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKEND_CHOICES,
+                        help=f"{BACKEND_HELP} (default {DEFAULT_BACKEND})")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any
 
-from ._common import cancel_on_sigint, positive_int
+from ._common import add_backend_argument, cancel_on_sigint, positive_int
 
 
 def _memory_arg(text: str) -> int:
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "NAME.json on storage the workers share")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda (one slide per GPU, via dask resources)")
+    add_backend_argument(p)
     p.add_argument("--roi-cells", type=positive_int, default=None, metavar="T")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B")
     p.add_argument("--readers", type=positive_int, default=2,
@@ -161,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         report = run_batch(
             args.slides, args.task, args.out, scheduler=args.scheduler,
             workers=args.workers, truth=args.truth, model=args.model or det.default_model,
-            device=args.device, options=options, params=params, roi_cells=args.roi_cells,
+            device=args.device, backend=args.backend, options=options, params=params,
+            roi_cells=args.roi_cells,
             batch_size=args.batch_size, n_readers=args.readers,
             use_tissue=not args.no_tissue_mask, overwrite=args.overwrite,
             memory_limit=args.memory_limit, unmatched_are_normal=args.unmatched_are_normal,

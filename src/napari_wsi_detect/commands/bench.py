@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "io": "slide reading: our pyramid vs raw OpenSlide, open-to-first-screen, pan memory",
     "scannet": "Fast ScanNet: dense vs patchwise vs shift-and-stitch, alpha cost, GFLOP/s",
+    "backends": "inference backends side by side: ms/ROI, x fp32, GFLOP/s, max |dp|, FROC",
     "wholeslide": "whole-slide detection throughput, peak RSS, I/O wait fraction",
     "prefetch": "training input pipeline: compute-idle fraction with 0 vs N producers",
     "batch": "cohort on dask: throughput 1 vs 2 workers, per-slide scheduling overhead",

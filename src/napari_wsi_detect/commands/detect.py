@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CancelledError
-from ._common import cancel_on_sigint, positive_int, progress_bar, region_arg
+from ._common import add_backend_argument, cancel_on_sigint, positive_int, progress_bar, region_arg
 
 
 def param_type(param: Any) -> Any:
@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"'{det.default_model}' (bundled) or a model file NAME.safetensors"
                             " / NAME.json")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        add_backend_argument(p)
         p.add_argument("--region", type=region_arg, default=None, metavar="X,Y,W,H",
                        help="analyse only ROIs touching this level-0 rectangle")
         p.add_argument("--roi-cells", type=positive_int, default=None, metavar="T",
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     det = get_detector(args.task)
     request = DetectionRequest(
         task=det.task, slide=args.slide, model=args.model, device=args.device,
+        backend=args.backend,
         options={p.key: getattr(args, p.key) for p in det.options},
         params={p.key: getattr(args, p.key) for p in det.params},
         region=args.region, out=args.out, roi_cells=args.roi_cells,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CancelledError, EmptyTissueError, ModelFileError, WsiDetectError
+from ..models.backend_names import DEFAULT_BACKEND
 from .outdir import RunFolderLock, check_out_dir, finish_commit
 from .result import DetectionResult
 
@@ -55,6 +56,9 @@ class DetectionRequest:
     # Level-0 µm/px: replaces the slide's own (a PNG/TIFF field carries none; without
     # it the model's is assumed, with a warning).
     mpp: float | None = None
+    # Inference backend (models/backends.py): "fp32" exact, "auto" the fastest within
+    # tolerance, or a named one.
+    backend: str = DEFAULT_BACKEND
 
 
 @dataclass
@@ -78,6 +82,8 @@ class PreparedRun:
     region: tuple[int, int, int, int] | None
     # per-pixel map of every tile before the network (detector.pixel_transform), or None
     pixel_transform: Any = None
+    backend: str = "fp32"  # the resolved backend the forward runs on
+    backend_requested: str = "fp32"
 
 
 @dataclass
@@ -144,17 +150,35 @@ def load_checked_model(detector: Any, model: Any, device: Any) -> tuple[Any, dic
     return net, config
 
 
+def run_fingerprint(detector: Any, config: dict[str, Any], options: dict[str, Any],
+                    normalisation: dict[str, Any], backend: str) -> dict[str, Any]:
+    """The store's fingerprint: the detector's, plus the resolved backend when it is
+    not exact (a bf16/int8 map is never resumed into an fp32 store, nor the reverse)."""
+    from ..models.backends import is_exact
+
+    fingerprint = detector.fingerprint(config, options, normalisation)
+    if not is_exact(backend):
+        fingerprint["backend"] = backend
+    return fingerprint
+
+
 def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
                 options: dict[str, Any], device: Any, model_arg: Any = None,
                 region: tuple[int, int, int, int] | None = None,
                 roi_cells: int | None = None, batch_size: int | None = None,
                 tissue: Any = None, forward: Any = None,
-                pixel_transform: Any = None) -> PreparedRun:
+                pixel_transform: Any = None, backend: str = "fp32") -> PreparedRun:
     """Geometry, ROI plan (tissue-filtered when `tissue` is given), forward, fingerprint.
-    `forward` replaces the detector's (a network being trained, already dense);
-    `pixel_transform` maps each tile's pixels before it (stain normalisation)."""
+    `forward` replaces the detector's (a network being trained, already dense; run as
+    given, so `backend` must be "fp32" then); `pixel_transform` maps each tile's pixels
+    before it (stain normalisation); `backend` (models/backends.py) runs the network."""
     from ..engine.plan import plan_rois
     from ..engine.run import Normalisation
+    from ..models.backends import apply_backend, resolve_backend
+
+    resolved = resolve_backend(backend, device, detector.task)
+    if forward is not None and resolved != "fp32":
+        raise WsiDetectError("a caller's own forward runs as given: use backend='fp32'")
 
     shape0 = tuple(slide.levels[0].shape[:2])
     geometry = detector.geometry(shape0, slide.mpp, config, options)
@@ -166,14 +190,18 @@ def prepare_run(detector: Any, slide: Any, net: Any, config: dict[str, Any], *,
     if bs < 1:
         raise WsiDetectError(f"batch size must be at least 1, got {bs}")
     norm = Normalisation.from_config(config)
+    if forward is None:
+        forward = apply_backend(detector.forward(net, config, options), resolved,
+                                device=device)
+    fingerprint = run_fingerprint(detector, config, options, norm.to_dict(), resolved)
     return PreparedRun(
-        detector=detector, net=net,
-        forward=forward if forward is not None else detector.forward(net, config, options),
+        detector=detector, net=net, forward=forward,
         config=config, options=dict(options), geometry=geometry, rois=rois,
         roi_cells=cells, device=device, batch_size=bs, normalisation=norm,
-        fingerprint=detector.fingerprint(config, options, norm.to_dict()),
+        fingerprint=fingerprint,
         model_name=model_identity(config, model_arg), tissue=tissue, region=region,
-        pixel_transform=pixel_transform)
+        pixel_transform=pixel_transform, backend=resolved,
+        backend_requested=str(backend))
 
 
 def run_tiles(prep: PreparedRun, slide: Any, rois: list[Any] | None = None, store: Any = None,
@@ -282,7 +310,7 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
                                model_arg=request.model if model is None else model,
                                region=request.region, roi_cells=request.roi_cells,
                                batch_size=request.batch_size, tissue=tissue,
-                               pixel_transform=transform)
+                               pixel_transform=transform, backend=request.backend)
         except EmptyTissueError as exc:
             raise EmptyTissueError(
                 f"{Path(str(getattr(slide, 'path', request.slide))).name}: {exc}; if the "

@@ -68,6 +68,7 @@ class DetectionResult:
         parameters = {
             **prep.options,
             "device": device,
+            "backend": {"requested": prep.backend_requested, "resolved": prep.backend},
             "roi_cells": prep.roi_cells,
             "roi_pixels": prep.geometry.read_size(prep.roi_cells),
             "batch_size": prep.batch_size,

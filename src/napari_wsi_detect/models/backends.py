@@ -19,10 +19,11 @@ part, `forward.core_module()`. A backend replaces only that part
 Exports live under `cache_root()/backends/`, keyed by a digest of the weights, the
 network part's geometry and the versions, and are written atomically.
 
-"auto" (`resolve_backend`) = the first backend of `AUTO_ORDER` that is installed and
-runs natively on this CPU; the order is the measured speed (`wsi-detect bench backends`,
-docs/models.md) restricted to backends within `AUTO_TOLERANCE` of fp32. On CUDA/MPS
-"auto" is "fp32" (TF32 handling is the engine's).
+"auto" (`resolve_backend`) = the first backend of the task's `AUTO_ORDER` that is
+installed and runs natively on this CPU; the order is the measured speed (`wsi-detect
+bench backends`, docs/models.md) restricted to backends within `AUTO_TOLERANCE` of fp32
+on that task's bundled network. On CUDA/MPS "auto" is "fp32" (TF32 handling is the
+engine's).
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ import torch
 from torch import nn
 
 from ..errors import WsiDetectError
+from .backend_names import BACKEND_CHOICES, BACKENDS, DEFAULT_BACKEND
 
-BACKENDS = ("fp32", "bf16", "compile", "onnxruntime", "onnxruntime-int8", "openvino",
-            "openvino-bf16")
-BACKEND_CHOICES = ("auto", *BACKENDS)
 # Packages each backend needs, and the pip command that installs them.
 _NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "onnxruntime-int8": ("onnx", "onnxruntime"),
           "openvino": ("onnx", "openvino"), "openvino-bf16": ("onnx", "openvino")}
@@ -52,9 +51,13 @@ TOLERANCE = {"fp32": 0.0, "compile": 1e-4, "onnxruntime": 1e-4, "openvino": 1e-4
 # What "auto" may choose: a map within 1e-2 of fp32 everywhere on the demo phantom and
 # the same regions / FROC (docs/models.md, "Backends").
 AUTO_TOLERANCE = 1e-2
-# Fastest first, as measured by `wsi-detect bench backends` on a Zen 4 (avx512_bf16) CPU;
-# only backends that met AUTO_TOLERANCE on every bundled network are listed.
-AUTO_ORDER = ("openvino-bf16", "bf16", "openvino", "onnxruntime", "fp32")
+# Per task, fastest first, as measured by `wsi-detect bench backends` on a Zen 4
+# (avx512_bf16) CPU; only backends that met AUTO_TOLERANCE on the task's bundled network
+# are listed (bf16 is 2-5e-2 off on SegMitos and H2G-Net, int8 1e-2 to 1e-1 everywhere).
+# A task not listed gets fp32: an untested network is not guessed at.
+AUTO_ORDER = {"metastases": ("openvino-bf16", "bf16", "openvino", "onnxruntime", "fp32"),
+              "mitoses": ("openvino", "onnxruntime", "fp32"),
+              "tumour": ("onnxruntime", "openvino", "fp32")}
 
 
 def cpu_flags() -> set[str]:
@@ -95,23 +98,30 @@ def check_backend(backend: str) -> str:
     return name
 
 
+def _device_type(device: Any) -> str:
+    from .device import resolve_device
+
+    return resolve_device(device).type  # "auto" -> the device a run would get
+
+
 def available_backends(device: Any = "cpu") -> list[str]:
     """Backends that can run here: installed, and (bf16 kinds) native on this CPU."""
-    if getattr(device, "type", str(device)).split(":")[0] != "cpu":
+    if _device_type(device) != "cpu":
         return ["fp32", "bf16", "compile"]
     return [b for b in BACKENDS if not missing_packages(b)
             and (b not in _BF16 or native_bf16())]
 
 
-def resolve_backend(backend: str, device: Any = "cpu") -> str:
-    """The concrete backend for `backend` ("auto" -> see module docstring)."""
+def resolve_backend(backend: str, device: Any = "cpu", task: str = "") -> str:
+    """The concrete backend for `backend` ("auto" -> see module docstring) on `device`
+    (a torch.device or a name such as "auto" or "cuda:0") for the detector `task`."""
     name = check_backend(backend)
     if name != "auto":
         return name
-    if getattr(device, "type", str(device)).split(":")[0] != "cpu":
+    if _device_type(device) != "cpu":
         return "fp32"
     usable = set(available_backends(device))
-    return next(b for b in AUTO_ORDER if b in usable)
+    return next(b for b in AUTO_ORDER.get(task, ("fp32",)) if b in usable)
 
 
 def is_exact(backend: str) -> bool:
@@ -327,6 +337,7 @@ def quantised_onnx(onnx_path: Path, forward: Any, shape: tuple[int, ...],
     return _cached(path, write)
 
 
-__all__ = ["AUTO_ORDER", "AUTO_TOLERANCE", "BACKENDS", "BACKEND_CHOICES", "TOLERANCE",
+__all__ = ["AUTO_ORDER", "AUTO_TOLERANCE", "BACKENDS", "BACKEND_CHOICES", "DEFAULT_BACKEND",
+           "TOLERANCE",
            "apply_backend", "available_backends", "check_backend", "cpu_flags", "is_exact",
            "native_bf16", "resolve_backend"]
