@@ -282,7 +282,8 @@ def _fmt_s(t: float) -> str:
 
 def report(r: dict[str, Any]) -> str:
     lines = [
-        f"Fast ScanNet benchmark  width={r['width']}  threads={r['threads']}  "
+        f"Fast ScanNet benchmark  width={r['width']}  device={r.get('device', 'cpu')}  "
+        f"threads={r['threads']}  "
         f"torch {r['torch']}  best of {r['repeats']} interleaved run(s), {r['clock']} clock",
         f"ROI {r['roi']}² at α=2 -> {r['cells']}×{r['cells']} cells at stride 16 "
         f"({r['gflop_dense_a2']:.1f} GFLOP); α=1 ROI {r['roi_alpha1']}² -> "
