@@ -455,3 +455,18 @@ def test_stain_normalisation_chosen_in_its_combo_runs_and_is_recorded(
     assert widget.last_outcome.status == "done"
     assert widget.result.parameters["stain_normalisation"] == "macenko"
     assert widget.result.slide_info["stain"]["method"] == "macenko"
+
+
+def test_backend_chosen_in_its_combo_runs_and_is_recorded(widget, qtbot) -> None:
+    combo = widget.backend_combo
+    assert combo.isVisibleTo(widget.window()) and combo.currentData() == "fp32"
+    assert combo.findData("auto") >= 0 and combo.findData("openvino") >= 0
+    # bf16 autocast needs no optional package: it runs on every CPU (slowly without
+    # native bf16), so this test runs in CI as well
+    combo.setCurrentIndex(combo.findData("bf16"))
+    click(widget.detect_button)
+    _wait_idle(qtbot, widget)
+    assert widget.last_outcome.status == "done"
+    assert widget.result.parameters["backend"] == {"requested": "bf16", "resolved": "bf16"}
+    cells = np.isfinite(np.asarray(widget.result.heatmap))
+    assert (cells == _expected_cells(8)).all()
