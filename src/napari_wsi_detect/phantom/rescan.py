@@ -171,10 +171,6 @@ class _Renderer:
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def _copy(src: Path, tmp: Path) -> None:
-    shutil.copyfile(src, tmp)
-
-
 def _scaled_truth(src_slide: Path, dst_slide: Path, scale: float, mpp: float,
                   size: tuple[int, int], note: str, tmp_geojson: Path, tmp_mask: Path | None
                   ) -> None:
@@ -267,7 +263,7 @@ def rescan_slide(src: str | os.PathLike, dst: str | os.PathLike, params: Rescan,
             if same_grid:
                 for f, s in ((dst_mask, src_mask), (dst_geojson, src_geojson)):
                     if f in tmp_of:
-                        _copy(s, tmp_of[f])
+                        shutil.copyfile(s, tmp_of[f])
             elif dst_geojson in tmp_of:
                 # continuous level-0 coordinates: output px u covers source [u·k, (u+1)·k)
                 _scaled_truth(src, dst, 1.0 / k, mpp1, size, note, tmp_of[dst_geojson],
