@@ -243,6 +243,15 @@ def _slide_identity(slide: Any) -> dict[str, Any] | None:
         return None
 
 
+def _roi_cells(request: DetectionRequest) -> int | None:
+    """The request's ROI size; with the default (None), that of a store being resumed."""
+    if request.roi_cells is not None or request.out is None or request.overwrite:
+        return request.roi_cells
+    from ..engine.heatmap import stored_roi_cells
+
+    return stored_roi_cells(request.out)
+
+
 def _open_store(prep: PreparedRun, out: str | None, overwrite: bool,
                 slide: Any = None) -> Any:
     from ..engine.heatmap import HeatmapStore, open_run_store
@@ -308,7 +317,7 @@ def detection_events(request: DetectionRequest, cancel: threading.Event | None =
         try:
             prep = prepare_run(detector, slide, net, config, options=options, device=device,
                                model_arg=request.model if model is None else model,
-                               region=request.region, roi_cells=request.roi_cells,
+                               region=request.region, roi_cells=_roi_cells(request),
                                batch_size=request.batch_size, tissue=tissue,
                                pixel_transform=transform, backend=request.backend)
         except EmptyTissueError as exc:

@@ -380,6 +380,21 @@ def open_run_store(
     return store
 
 
+def stored_roi_cells(out_dir: str | Path) -> int | None:
+    """The ROI size T of the store a run into `out_dir` would resume (the .partial, else
+    the finished one), None when there is none or it cannot be read. A run with the
+    default ROI size resumes at this T, so a store begun before a default changed is
+    still resumed instead of refused (the map does not depend on T)."""
+    out_dir = Path(out_dir)
+    for path in (out_dir / (FINAL_NAME + PARTIAL_SUFFIX), out_dir / FINAL_NAME):
+        if path.is_dir():
+            try:
+                return HeatmapStore.open(path).roi_cells
+            except HeatmapStoreError:
+                return None
+    return None
+
+
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a store folder under a temporary name, then rename it: a copy cut short by a
     kill is never mistaken for a resumable store."""
