@@ -141,18 +141,22 @@ def test_auto_follows_the_rule(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name in installed else None)
     monkeypatch.setattr(bk, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert bk.resolve_backend("auto", "cpu", "metastases") == "openvino-bf16"
-    assert bk.resolve_backend("auto", "cpu", "mitoses") == "openvino"  # bf16 off by > 1e-2
+    # bf16 is faster but 1.5e-2 off over the whole metastasis map: never auto
+    assert bk.resolve_backend("auto", "cpu", "metastases") == "openvino"
+    assert bk.resolve_backend("auto", "cpu", "mitoses") == "openvino"
     assert bk.resolve_backend("auto", "cpu", "tumour") == "onnxruntime"
     assert bk.resolve_backend("auto", "cpu", "some-new-task") == "fp32"
+    assert all(b not in bk.TOLERANCE or bk.TOLERANCE[b] <= bk.AUTO_TOLERANCE
+               for order in bk.AUTO_ORDER.values() for b in order)
+    installed.discard("openvino")
+    assert bk.resolve_backend("auto", "cpu", "metastases") == "onnxruntime"
+    assert bk.available_backends("cpu") == ["fp32", "bf16", "compile", "onnxruntime",
+                                            "onnxruntime-int8"]
     monkeypatch.setattr(bk, "cpu_flags", lambda: {"avx2"})  # bf16 would be emulated
-    assert bk.resolve_backend("auto", "cpu", "metastases") == "openvino"
+    assert "bf16" not in bk.available_backends("cpu")
     installed.clear()  # nothing optional installed: torch only
     assert bk.resolve_backend("auto", "cpu", "metastases") == "fp32"
-    monkeypatch.setattr(bk, "cpu_flags", lambda: {"amx_bf16"})
-    assert bk.resolve_backend("auto", "cpu", "metastases") == "bf16"
-    assert bk.resolve_backend("auto", "cuda:0" if torch.cuda.is_available() else "cpu",
-                              "metastases") == "bf16"  # the GPU side: fp32 (CUDA) / bf16 here
+    assert bk.resolve_backend("bf16", "cpu") == "bf16"  # asked for by name: given
 
 
 def test_missing_package_is_a_clear_error(monkeypatch, dense) -> None:

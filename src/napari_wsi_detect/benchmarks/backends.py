@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=(8192, 8192), metavar=("W", "H"),
                         help="whole-phantom size (default 8192 8192)")
-    parser.add_argument("--slide-alphas", type=int, nargs="*", default=[2],
-                        help="α of the whole-phantom metastasis runs (default 2; none = skip)")
+    parser.add_argument("--slide-alphas", type=int, nargs="*", default=[1, 2],
+                        help="α of the whole-phantom metastasis runs (default 1 2; none = "
+                             "skip)")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the phantom is written once (default: the cache dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures here")

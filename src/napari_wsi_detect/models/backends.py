@@ -48,14 +48,17 @@ _BF16 = ("bf16", "openvino-bf16")
 # only in summation order; bf16 keeps 8 bits of mantissa; int8 is measured, not assumed.
 TOLERANCE = {"fp32": 0.0, "compile": 1e-4, "onnxruntime": 1e-4, "openvino": 1e-4,
              "bf16": 3e-2, "openvino-bf16": 3e-2, "onnxruntime-int8": 1e-1}
-# What "auto" may choose: a map within 1e-2 of fp32 everywhere on the demo phantom and
-# the same regions / FROC (docs/models.md, "Backends").
+# What "auto" may choose: max |Δp| within 1e-2 of fp32 on a ROI of phantom tissue AND
+# over the whole demo-phantom map, with the same regions / FROC (docs/models.md,
+# "Backends").
 AUTO_TOLERANCE = 1e-2
 # Per task, fastest first, as measured by `wsi-detect bench backends` on a Zen 4
 # (avx512_bf16) CPU; only backends that met AUTO_TOLERANCE on the task's bundled network
-# are listed (bf16 is 2-5e-2 off on SegMitos and H2G-Net, int8 1e-2 to 1e-1 everywhere).
+# are listed. bf16 (torch or OpenVINO) fails it: 1.5e-2 over the whole metastasis map
+# (same regions and FROC, but not within 1e-2), 2-5e-2 on SegMitos and H2G-Net; int8 is
+# 1e-2 to 0.27 off. So on this CPU auto only ever picks float32 engines (max |Δp| ~1e-6).
 # A task not listed gets fp32: an untested network is not guessed at.
-AUTO_ORDER = {"metastases": ("openvino-bf16", "bf16", "openvino", "onnxruntime", "fp32"),
+AUTO_ORDER = {"metastases": ("openvino", "onnxruntime", "fp32"),
               "mitoses": ("openvino", "onnxruntime", "fp32"),
               "tumour": ("onnxruntime", "openvino", "fp32")}
 
