@@ -188,7 +188,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for label, key in extra:
         print(f"{label:<34}" + "".join(f"{_fmt(r.get(key)):>{width + 2}}" for r in rows))
     for label, key in (("100k x 80k, 40 % tissue: wall s", "wall_s"),
-                       ("  same, CPU s (idle 2 cores ~ /2)", "cpu_s")):
+                       ("  same, process CPU s", "cpu_s")):
         print(f"{label:<34}" + "".join(f"{r['extrapolated'][key]:>{width + 2}.0f}"
                                          for r in rows))
 
