@@ -204,3 +204,24 @@ def test_the_job_records_the_backend_and_keeps_stores_apart(phantom_small, tmp_p
     assert float(diff[~(diff != diff)].max()) < bk.TOLERANCE["onnxruntime"]
     with pytest.raises(WsiDetectError):  # an onnxruntime store is not resumed as fp32
         detect_metastases(phantom_small, out=tmp_path / "b", **run)
+
+
+def test_cli_backend_flag_reaches_the_summary(phantom_small, tmp_path) -> None:
+    import json
+
+    from napari_wsi_detect.cli import main
+    from napari_wsi_detect.models.io import save_model
+
+    torch.manual_seed(0)
+    weights, _ = save_model(ScanNetFCN(width=0.0625), tmp_path / "tiny",
+                            {"mpp": 0.243, "task": "metastases"})
+    base = ["metastases", str(phantom_small), "--model", str(weights), "--device", "cpu",
+            "--region", "1024,1024,256,256", "--roi-cells", "8", "--no-tissue-mask",
+            "--quiet"]
+    # bf16 autocast needs no optional package (slow without native bf16, still correct)
+    assert main([*base, "--backend", "bf16", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["parameters"]["backend"] == {"requested": "bf16", "resolved": "bf16"}
+    with pytest.raises(SystemExit) as exc:  # argparse: exit 2 with the list of choices
+        main([*base, "--backend", "tensorrt", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide-alphas", type=int, nargs="*", default=[1, 2],
                         help="α of the whole-phantom metastasis runs (default 1 2; none = "
                              "skip)")
+    parser.add_argument("--slide-repeats", type=int, default=1,
+                        help="whole-phantom runs per backend, interleaved; the fastest is "
+                             "reported (default 1)")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the phantom is written once (default: the cache dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures here")
@@ -147,7 +150,7 @@ def measure_rois(names: list[str], backends: list[str], repeats: int) -> list[di
 
 
 def measure_slide(size: tuple[int, int], alphas: list[int], backends: list[str],
-                  work: Path | None) -> list[dict[str, Any]]:
+                  work: Path | None, repeats: int = 1) -> list[dict[str, Any]]:
     import numpy as np
 
     from ..demo import DEMO_SEED, froc_of_slide
@@ -165,8 +168,8 @@ def measure_slide(size: tuple[int, int], alphas: list[int], backends: list[str],
     with open_slide(path) as slide:
         tissue = compute_tissue_mask(slide)
         for alpha in alphas:
-            ref = None
-            for b in backends:
+            ref, best = None, {}
+            for b in [b for _ in range(max(1, repeats)) for b in backends]:
                 if missing_packages(b):
                     continue
                 req = DetectionRequest(task="metastases", slide=str(path), device="cpu",
@@ -177,14 +180,17 @@ def measure_slide(size: tuple[int, int], alphas: list[int], backends: list[str],
                 heat = np.asarray(res.heatmap, dtype=np.float32)
                 ref = heat if b == "fp32" else ref
                 froc = froc_of_slide(path, res.regions, slide.mpp or 0.243)
-                rows.append({
+                if b in best and best[b]["seconds"] <= wall:
+                    continue
+                best[b] = {
                     "alpha": alpha, "backend": b, "seconds": wall,
                     "inference_s": res.timings.get("inference_s"),
                     "tissue_mpx_per_s": res.timings.get("tissue_mpx_per_s"),
                     "regions": len(res.regions),
                     "froc": froc["score"] if froc else None,
                     "max_abs_dp_map": (float(np.nanmax(np.abs(heat - ref)))
-                                       if ref is not None else None)})
+                                       if ref is not None else None)}
+            rows += list(best.values())
     return rows
 
 
@@ -213,7 +219,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     r["rois"] = measure_rois(args.networks, backends, args.repeats)
     if args.slide_alphas:
         r["slide_size"] = list(args.size)
-        r["slide"] = measure_slide(tuple(args.size), args.slide_alphas, backends, args.work)
+        r["slide_repeats"] = args.slide_repeats
+        r["slide"] = measure_slide(tuple(args.size), args.slide_alphas, backends, args.work,
+                                   args.slide_repeats)
     with open("/proc/loadavg") as f:
         r["load_after"] = f.read().split()[:3]
     return r
@@ -238,7 +246,8 @@ def report(r: dict[str, Any]) -> str:
             f"{o['setup_s']:6.1f}s {o['note']}")
     if r.get("slide"):
         w, h = r["slide_size"]
-        lines += ["", f"metastases on a {w}×{h} phantom (seed 9001), whole job per backend",
+        lines += ["", f"metastases on a {w}×{h} phantom (seed 9001), whole job per backend, "
+                  f"best of {r.get('slide_repeats', 1)} interleaved",
                   f"{'α':>2s} {'backend':17s} {'seconds':>8s} {'Mpx/s':>7s} {'regions':>8s} "
                   f"{'FROC':>6s} {'max|Δp| map':>12s}"]
         for o in r["slide"]:

@@ -224,7 +224,10 @@ class _OpenVinoCore(nn.Module):
         self.model = self.core.read_model(str(path))
         self.config = {"INFERENCE_PRECISION_HINT": precision,
                        "INFERENCE_NUM_THREADS": max(1, threads),
-                       "PERFORMANCE_HINT": "LATENCY"}
+                       "PERFORMANCE_HINT": "LATENCY",
+                       # no pinning: the runner's reader threads and other processes share
+                       # these cores; pinned OpenVINO threads then wait on them
+                       "ENABLE_CPU_PINNING": False}
         self._compiled: dict[tuple[int, ...], Any] = {}
 
     def _request(self, shape: tuple[int, ...]) -> Any:
