@@ -10,6 +10,8 @@
 #      (`bench wholeslide --breakdown`): every stage's time, tissue Mpx/s, I/O-wait share,
 #      peak GPU memory; fp32 (exact), and bf16 autocast when the backend option exists.
 # Everything lands in $OUT (default: a new temp dir). Any failing step fails the script.
+# Time limits (the device tool allows 600 s a command): phantom 330 s in parallel with
+# steps 1 and 2 (150 s each), then step 3 240 s: at most ~570 s.
 #
 #   bash scripts/gpu_check.sh                      # on the GPU machine
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZE=4096 GPU_CHECK_WIDTH=0.0625 PYTHON=.venv/bin/python \
@@ -33,7 +35,9 @@ PY=${PYTHON:-python3}
 DEV=${GPU_CHECK_DEVICE:-cuda}
 SIZE=${GPU_CHECK_SIZE:-40000}
 READERS=${GPU_CHECK_READERS:-4}
-WIDTH=${GPU_CHECK_WIDTH:-1.0}  # the CPU dry run uses a thin net: width 1.0 takes an hour there
+WIDTH=${GPU_CHECK_WIDTH:-1.0}
+LIMIT=1  # time limits x this: the CPU dry run of a loaded 2-core machine has no budget
+[ "$DEV" = cpu ] && LIMIT=6  # the CPU dry run uses a thin net: width 1.0 takes an hour there
 SITE=${GPU_CHECK_SITE:-$ROOT/.gpu-site}
 OUT=${OUT:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
@@ -98,13 +102,14 @@ SLIDE=$WORK/phantom-${SIZE}.tif
 PHANTOM_PID=
 if [ ! -f "$SLIDE" ]; then
   log "writing a ${SIZE}x${SIZE} phantom in the background"
-  ( wsi phantom --seed 0 --size "$SIZE" "$SIZE" --quiet "$SLIDE" > "$OUT/phantom.log" 2>&1 ) &
+  ( export -f wsi; export PY; timeout $((330 * LIMIT)) bash -c 'wsi phantom --seed 0 --size "$1" "$1" --quiet "$2"' \
+      _ "$SIZE" "$SLIDE" > "$OUT/phantom.log" 2>&1 ) &
   PHANTOM_PID=$!
 fi
 
 # -- 1. exactness on the device ------------------------------------------------------------
 log "1. exactness tests on $DEV (TF32 off)"
-if ! WSI_DETECT_TEST_DEVICE=$DEV timeout 240 "$PY" -m pytest -q -p no:cacheprovider \
+if ! WSI_DETECT_TEST_DEVICE=$DEV timeout $((150 * LIMIT)) "$PY" -m pytest -q -p no:cacheprovider \
     -o addopts="" tests/test_models_exactness.py tests/test_gpu_path.py 2>&1 \
     | tee "$OUT/exactness.log" | tail -3; then
   fail "exactness tests (see $OUT/exactness.log)"
@@ -114,7 +119,7 @@ fi
 log "2. bench scannet, width $WIDTH, 2884 px ROI, on $DEV"
 SCANNET_ARGS=(--width "$WIDTH" --roi 2884 --repeats 3 --patches 64)
 [ "$DEV" = cpu ] && SCANNET_ARGS=(--width "$WIDTH" --quick --no-cpu-options)
-timeout 240 "$PY" -c 'import sys; from napari_wsi_detect.cli import main; sys.exit(main())' \
+timeout $((150 * LIMIT)) "$PY" -c 'import sys; from napari_wsi_detect.cli import main; sys.exit(main())' \
   bench scannet --device "$DEV" "${SCANNET_ARGS[@]}" --json "$OUT/scannet.json" 2>&1 \
   | tee "$OUT/scannet.txt" || fail "bench scannet"
 
@@ -138,7 +143,7 @@ BACKENDS=(fp32)
 if "$PY" -c 'import sys; from napari_wsi_detect.detectors.job import DetectionRequest as R; sys.exit("backend" not in R.__dataclass_fields__)'; then
   BACKENDS=(fp32 bf16)
 fi
-timeout 360 "$PY" -c 'import sys; from napari_wsi_detect.cli import main; sys.exit(main())' \
+timeout $((240 * LIMIT)) "$PY" -c 'import sys; from napari_wsi_detect.cli import main; sys.exit(main())' \
   bench wholeslide --breakdown "$SLIDE" --device "$DEV" --model "$WORK/random-w.json" \
   --readers "$READERS" --backends "${BACKENDS[@]}" --work "$WORK/runs" \
   --json "$OUT/wholeslide.json" 2>"$OUT/wholeslide.stderr" | tee "$OUT/wholeslide.txt" \
