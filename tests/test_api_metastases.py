@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_wsi_detect.annotations.geojson import check_qupath_geojson, read_geojson
+from napari_wsi_detect.annotations.geojson import read_geojson
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson
 from napari_wsi_detect.api import SUMMARY_KEYS, detect_metastases
 from napari_wsi_detect.engine.heatmap import open_heatmap
 from napari_wsi_detect.errors import CancelledError, ModelFileError

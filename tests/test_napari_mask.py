@@ -18,7 +18,7 @@ from conftest import napari_viewer  # noqa: E402
 from napari_wsi_detect._napari.mask_io import KIND_TUMOUR_MASK, MASK_COLOR  # noqa: E402
 from napari_wsi_detect._napari.result_kinds import layer_data  # noqa: E402
 from napari_wsi_detect._napari.writer import write_shapes  # noqa: E402
-from napari_wsi_detect.annotations.geojson import check_qupath_geojson  # noqa: E402
+from napari_wsi_detect.annotations.qupath_check import check_qupath_geojson  # noqa: E402
 from napari_wsi_detect.detectors.base import Detections  # noqa: E402
 from napari_wsi_detect.engine.plan import MapGeometry  # noqa: E402
 from napari_wsi_detect.postprocess.regions import extract_regions  # noqa: E402
