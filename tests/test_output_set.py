@@ -41,7 +41,10 @@ def slide(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def good_run(slide, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("good") / "run"
-    detect(DetectionRequest("metastases", str(slide), device="cpu", out=str(out)))
+    # 52 cells (1060 px ROIs) make the 6 ROIs; later runs into the folder keep the
+    # store's ROI size (engine.heatmap.stored_roi_cells), so the CLI calls need no flag.
+    detect(DetectionRequest("metastases", str(slide), device="cpu", out=str(out),
+                            roi_cells=52))
     return out
 
 
