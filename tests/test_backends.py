@@ -225,3 +225,14 @@ def test_cli_backend_flag_reaches_the_summary(phantom_small, tmp_path) -> None:
     with pytest.raises(SystemExit) as exc:  # argparse: exit 2 with the list of choices
         main([*base, "--backend", "tensorrt", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
+
+
+def test_on_a_gpu_auto_is_fp32_and_cpu_engines_are_refused(monkeypatch) -> None:
+    # no GPU here: only the device's type is faked, the rule itself runs
+    monkeypatch.setattr(bk, "_device_type", lambda device: "cuda")
+    assert bk.resolve_backend("auto", "cuda", "metastases") == "fp32"
+    assert bk.resolve_backend("bf16", "cuda", "metastases") == "bf16"  # AMP
+    assert bk.available_backends("cuda") == ["fp32", "bf16", "compile"]
+    if not bk.missing_packages("openvino"):
+        with pytest.raises(WsiDetectError, match="CPU only"):
+            bk.resolve_backend("openvino", "cuda")

@@ -119,6 +119,9 @@ def resolve_backend(backend: str, device: Any = "cpu", task: str = "") -> str:
     """The concrete backend for `backend` ("auto" -> see module docstring) on `device`
     (a torch.device or a name such as "auto" or "cuda:0") for the detector `task`."""
     name = check_backend(backend)
+    if name in _NEEDS and _device_type(device) != "cpu":
+        raise WsiDetectError(f"backend {name!r} runs on the CPU only; use --device cpu, or "
+                             "on a GPU backend fp32, bf16 or compile")
     if name != "auto":
         return name
     if _device_type(device) != "cpu":
