@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_wsi_detect.phantom.seeds import parse_seeds
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SEEDS = list(range(500, 510))
 DEFAULT_NORMAL = [506, 507, 508, 509]
@@ -366,18 +368,6 @@ def plot_comparison(results: dict[str, tuple[Any, Any, dict]], path: Path) -> Pa
 
 
 # --- command line ---------------------------------------------------------------------
-
-
-def parse_seeds(text: list[str]) -> list[int]:
-    out: list[int] = []
-    for item in text:
-        for part in item.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_wsi_detect.phantom.seeds import parse_seeds
+
 # Test seeds: of 600-615 at 16384 x 12288 with lesions 1/2/2, only 604, 606, 609 and 612
 # hold a macro-metastasis (phantom_layout); those four are the tumour slides, 601 and 602
 # the normal ones (6 slides x 6 conditions fit the ~8 min per model budget here).
@@ -73,18 +75,6 @@ def parse_variant(text: str, detector: Any) -> Variant:
             raise SystemExit(f"--variant {v.name}: unknown key {key!r}; the detector takes "
                              f"{', '.join(sorted(run_keys | post_keys))}")
     return v
-
-
-def parse_seeds(text: list[str]) -> list[int]:
-    out: list[int] = []
-    for item in text:
-        for part in item.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    return out
 
 
 def run_tag(variant: Variant, config: dict, detector: Any) -> str:

@@ -16,7 +16,6 @@ asserts a time.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -262,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     results = measure(args)
     print(report(results))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        from .._atomic import write_json_atomic
+
+        write_json_atomic(args.json, results)
     return 0

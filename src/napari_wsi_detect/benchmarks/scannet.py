@@ -19,7 +19,6 @@ a time; tests only run `--quick` as a smoke test.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -324,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
     results = measure(args)
     print(report(results))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        from .._atomic import write_json_atomic
+
+        write_json_atomic(args.json, results)
     return 0

@@ -58,6 +58,23 @@ def progress_bar(quiet: bool, desc: str = "detect") -> tuple[Any, Any]:
     return bar, update
 
 
+def tile_progress(quiet: bool, desc: str) -> tuple[Any, Any]:
+    """(tqdm bar or None, progress(done, total) callback or None) for a job counted in tiles
+    whose total is known only once it starts (phantom, rescan)."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="tile", desc=desc, file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
 def cancel_on_sigint(cancel: threading.Event, bar: Any = None,
                      graceful: Callable[[], bool] | None = None) -> Any:
     """First Ctrl-C: stop after the ROI in flight (clean, resumable). Second: interrupt

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 
@@ -59,17 +58,9 @@ def run(args: argparse.Namespace) -> int:
     lesions = None
     if args.lesions is not None:
         lesions = dict(zip(("macro", "micro", "itc"), args.lesions, strict=True))
-    bar = None
-    progress = None
-    if not args.quiet:
-        from tqdm import tqdm
+    from ._common import tile_progress
 
-        bar = tqdm(total=None, unit="tile", desc="phantom", file=sys.stderr, leave=False)
-
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
+    bar, progress = tile_progress(args.quiet, "phantom")
 
     t0 = time.perf_counter()
     try:

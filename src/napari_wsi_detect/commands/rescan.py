@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 
@@ -47,16 +46,9 @@ def run(args: argparse.Namespace) -> int:
                     stain_rotation_deg=args.stain_rotation, blur_sigma_px=args.blur,
                     gamma=args.gamma, brightness=args.brightness,
                     jpeg_quality=args.jpeg_quality, mpp=args.mpp)
-    bar = progress = None
-    if not args.quiet:
-        from tqdm import tqdm
+    from ._common import tile_progress
 
-        bar = tqdm(total=None, unit="tile", desc="rescan", file=sys.stderr, leave=False)
-
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
+    bar, progress = tile_progress(args.quiet, "rescan")
 
     t0 = time.perf_counter()
     try:
