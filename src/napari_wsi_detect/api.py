@@ -66,6 +66,7 @@ def detect_metastases(
     use_tissue: bool = True,
     hysteresis: float | None = None,
     stain_normalisation: str | None = None,
+    closing_um: float | None = None,
 ) -> DetectionResult:
     """Fast ScanNet metastasis detection on a whole slide (or a level-0 `region` x,y,w,h).
 
@@ -78,12 +79,14 @@ def detect_metastases(
     `stain_normalisation`: "none", "macenko" or "reinhard" (default: the model's, else
     none): the slide's stain mapped onto the model's reference before the network;
     `hysteresis`: regions grow down to threshold − hysteresis (0 = plain threshold).
+    `closing_um`: a closing of that radius joins a lesion's fragments (0 = none).
     `backend`: how the network runs (models/backends.py): "fp32" exact, "auto" the
     fastest installed backend within 1e-2 of fp32, or a name ("bf16", "openvino", ...)."""
     return _run("metastases", slide, model,
                 options={"alpha": alpha, "stain_normalisation": stain_normalisation},
                 params={"threshold": threshold, "opening_um": opening_um,
-                        "min_area_um2": min_area_um2, "hysteresis": hysteresis},
+                        "min_area_um2": min_area_um2, "hysteresis": hysteresis,
+                        "closing_um": closing_um},
                 device=device, backend=backend, region=region, out=out,
                 batch_size=batch_size,
                 roi_cells=roi_cells, progress=progress, cancel=cancel, n_readers=n_readers,

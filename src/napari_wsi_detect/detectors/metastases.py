@@ -3,7 +3,7 @@
 The network is the no-padding VGG FCN (models/scannet.py) made dense with anchor layers
 (models/anchor.py) at density α, optionally after stain normalisation of each tile
 towards the model's reference (stain.py, fitted once per slide); the map is the tumour probability at output stride
-32/α model px; post-processing is threshold (optionally with hysteresis), opening and connected
+32/α model px; post-processing is threshold (optionally with hysteresis), opening, closing and connected
 regions (postprocess/regions.py) with the slide score = the map's maximum.
 """
 
@@ -45,6 +45,11 @@ HYSTERESIS = Param(
     help="Grow each region from its cells at or above the threshold into connected "
          "cells down to threshold − hysteresis, so a lesion whose probability is speckled "
          "around the threshold stays one region (0 = plain threshold).")
+CLOSING_UM = Param(
+    "closing_um", "Closing radius", 0.0, 0.0, 200.0, step=0.5, unit="µm", decimals=1,
+    help="Morphological closing after the opening, with a disk of this radius: joins "
+         "fragments of one lesion separated by gaps narrower than about twice it and "
+         "fills such holes, so a blurred or faint lesion is one region (0 = none).")
 
 
 class MetastasisDetector(Detector):
@@ -54,7 +59,7 @@ class MetastasisDetector(Detector):
     architectures = ("scannet-fcn",)
     default_model = "demo"
     options = (ALPHA, STAIN_NORMALISATION)
-    params = (THRESHOLD, OPENING_UM, MIN_AREA_UM2, HYSTERESIS)
+    params = (THRESHOLD, OPENING_UM, MIN_AREA_UM2, HYSTERESIS, CLOSING_UM)
     layer_name = "metastases"
     heatmap_name = "metastasis heatmap"
     results_file = "regions.geojson"
@@ -98,7 +103,8 @@ class MetastasisDetector(Detector):
         regions = extract_regions(heatmap, geometry, threshold=float(values["threshold"]),
                                   opening_um=float(values["opening_um"]),
                                   min_area_um2=float(values["min_area_um2"]),
-                                  hysteresis=float(values["hysteresis"]))
+                                  hysteresis=float(values["hysteresis"]),
+                                  closing_um=float(values["closing_um"]))
         return Detections("regions", regions, slide_score(heatmap),
                           seconds=time.perf_counter() - t)
 

@@ -246,6 +246,7 @@ _THRESHOLD_RANGES = {
     "opening_um": (0.0, 200.0, " µm"),
     "min_area_um2": (0.0, 1e7, " µm²"),
     "hysteresis": (0.0, 0.5, ""),
+    "closing_um": (0.0, 200.0, " µm"),
 }
 
 
