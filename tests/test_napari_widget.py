@@ -172,12 +172,19 @@ def test_clicking_detect_fills_the_planned_cells_then_sliders_redraw(widget, vie
         layer = viewer.layers["metastases"]
         assert (len(set(layer.features["region"])) if layer.nshapes else 0) == n
         assert f"{n} metastasis region" in widget.score_label.text()
+    # The closing slider joins fragments: the contours follow it, still without a run.
+    joined = len(extract_regions(prob, g, MPP, t2, 0.0, 0.0, closing_um=40.0))
+    set_value(widget, "closing_um", 40.0)
+    _wait_idle(qtbot, widget)
+    layer = viewer.layers["metastases"]
+    assert (len(set(layer.features["region"])) if layer.nshapes else 0) == joined <= n2
     assert widget.last_outcome.done == done_before  # sliders never ran the network
 
     click(widget.defaults_button)
     _wait_idle(qtbot, widget)
     assert widget.controls["threshold"].value() == pytest.approx(0.5)
     assert widget.controls["opening_um"].value() == pytest.approx(0.0)
+    assert widget.controls["closing_um"].value() == pytest.approx(0.0)
 
 
 def test_cancel_button_stops_within_one_roi_and_detect_resumes(widget, viewer, qtbot,
